@@ -1,0 +1,29 @@
+# The two set-up commands: `make demo` (end-to-end demo on EmotionTTS) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+KOEMO := $(VENV)/bin/koemo
+STAMP := $(VENV)/.installed-stamp
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: install demo test clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(KOEMO) data prepare --recipe emotiontts
+	$(KOEMO) data stats --recipe emotiontts
+	$(KOEMO) data split --recipe emotiontts
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .pytest_cache

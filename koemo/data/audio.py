@@ -1,0 +1,127 @@
+"""Audio in: any of wav/flac/mp3/m4a/mp4 -> 16 kHz mono float32, with checks that name the file.
+
+soundfile (libsndfile) reads wav/flac/ogg/mp3 fast; PyAV (FFmpeg) reads everything else,
+including the sound track of a video. soxr resamples.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from koemo.errors import BadInputError
+
+SAMPLE_RATE = 16_000
+# Peak amplitude below which a clip counts as silent: -80 dBFS, far under any room noise floor.
+SILENCE_PEAK = 1e-4
+
+_SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+
+
+def _read_soundfile(src, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    with sf.SoundFile(src) as f:
+        sr = f.samplerate
+        first = int(round((start or 0.0) * sr))
+        last = int(round(end * sr)) if end is not None else -1
+        if first:
+            f.seek(min(first, f.frames))
+        frames = -1 if last < 0 else max(0, last - first)
+        data = f.read(frames=frames, dtype="float32", always_2d=True)
+    return data.mean(axis=1), sr
+
+
+def _read_pyav(src, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(src) as container:
+        streams = container.streams.audio
+        if not streams:
+            raise ValueError("contains no audio stream")
+        stream = streams[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        chunks = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    first = int(round((start or 0.0) * SAMPLE_RATE))
+    last = int(round(end * SAMPLE_RATE)) if end is not None else len(audio)
+    return audio[first:last].astype(np.float32), SAMPLE_RATE
+
+
+def resample(audio: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    if sr == target:
+        return audio.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(audio, sr, target, quality="HQ").astype(np.float32)
+
+
+def load_audio(
+    path: str | Path | bytes,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    allow_silent: bool = False,
+    name: str | None = None,
+) -> np.ndarray:
+    """Read ``path`` (or raw bytes) as 16 kHz mono float32 in [-1, 1], optionally a time span.
+
+    Raises :class:`BadInputError` naming the file for a missing, unreadable or corrupt file,
+    zero-length audio and (unless ``allow_silent``) all-silent audio.
+    """
+    where = name or (str(path) if not isinstance(path, bytes) else "<uploaded audio>")
+    if isinstance(path, bytes):
+        if not path:
+            raise BadInputError(where, "empty file (0 bytes)")
+        sources = [("soundfile", io.BytesIO(path)), ("pyav", io.BytesIO(path))]
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise BadInputError(where, "file not found")
+        if p.is_dir():
+            raise BadInputError(where, "is a directory, not an audio file")
+        if p.stat().st_size == 0:
+            raise BadInputError(where, "empty file (0 bytes)")
+        order = ["soundfile", "pyav"] if p.suffix.lower() in _SOUNDFILE_SUFFIXES else ["pyav"]
+        sources = [(reader, str(p)) for reader in order]
+
+    audio = sr = None
+    problems = []
+    for reader, src in sources:
+        try:
+            if hasattr(src, "seek"):
+                src.seek(0)
+            fn = _read_soundfile if reader == "soundfile" else _read_pyav
+            audio, sr = fn(src, start, end)
+            break
+        except Exception as e:  # noqa: BLE001 - libraries raise many types; we report one line
+            problems.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if audio is None:
+        raise BadInputError(where, f"not readable as audio ({problems[-1]})")
+
+    if audio.size == 0:
+        raise BadInputError(where, "zero-length audio (no samples)")
+    if not np.all(np.isfinite(audio)):
+        raise BadInputError(where, "audio contains NaN or infinite samples")
+    audio = resample(audio, sr)
+    if not allow_silent and float(np.max(np.abs(audio))) < SILENCE_PEAK:
+        raise BadInputError(where, "audio is all silence (peak below -80 dBFS)")
+    return audio
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration in seconds without decoding the whole file where the format allows."""
+    p = Path(path)
+    try:
+        import soundfile as sf
+
+        return float(sf.info(str(p)).duration)
+    except Exception:  # noqa: BLE001 - fall back to decoding
+        return len(load_audio(p, allow_silent=True)) / SAMPLE_RATE

@@ -1,0 +1,59 @@
+"""Shared fixtures: small synthetic audio, and the real EmotionTTS data from ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from koemo.paths import data_dir
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test writes caches into its own temporary root, never the user's ~/.cache."""
+    if "KOEMO_TEST_KEEP_CACHE" not in os.environ:
+        monkeypatch.setenv("KOEMO_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # Installed models are shared (read-only for tests) so they are installed once per machine.
+    monkeypatch.setenv("KOEMO_MODELS", os.environ.get("KOEMO_MODELS", str(Path.home() / ".cache/koemo/models")))
+
+
+def tone(seconds: float = 1.0, sr: int = 16000, freq: float = 220.0, amp: float = 0.3, seed: int = 0) -> np.ndarray:
+    """A voiced-looking test signal: a tone with harmonics and a little noise."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    sig = sum(amp / k * np.sin(2 * np.pi * freq * k * t) for k in (1, 2, 3))
+    return (sig + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture
+def write_wav(tmp_path):
+    def make(name: str, seconds: float = 1.0, sr: int = 16000, **kw) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), tone(seconds, sr, **kw), sr)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def emotiontts_root() -> Path:
+    root = data_dir() / "emotiontts_open_db"
+    if not root.exists():
+        pytest.fail(f"EmotionTTS data not found at {root}; set KOEMO_DATA_DIR")
+    return root
+
+
+@pytest.fixture(scope="session")
+def emotiontts_utts(emotiontts_root):
+    from koemo.data.loaders import LOADERS
+    from koemo.errors import SkipLog
+
+    skips = SkipLog()
+    utts = LOADERS.get("emotiontts")(emotiontts_root, skips)
+    assert len(skips) == 0
+    return utts

@@ -1,0 +1,66 @@
+from collections import Counter
+
+import pytest
+
+from koemo.data.manifest import Utterance
+from koemo.data.splits import leakage, load_folds, make_folds, save_folds
+from koemo.errors import KoemoError
+
+
+def test_stratified_ratios_and_determinism(emotiontts_utts):
+    (fold,) = make_folds(emotiontts_utts, "stratified", seed=1)
+    assert (len(fold.train), len(fold.valid), len(fold.test)) == (240, 30, 30)
+    labels = Counter(u.label for u in emotiontts_utts if u.id in set(fold.test))
+    assert max(labels.values()) - min(labels.values()) <= 1  # stratified
+    assert make_folds(emotiontts_utts, "stratified", seed=1) == [fold]
+    assert make_folds(emotiontts_utts, "stratified", seed=2)[0].test != fold.test
+    # order of the input never matters
+    assert make_folds(list(reversed(emotiontts_utts)), "stratified", seed=1) == [fold]
+
+
+@pytest.mark.parametrize("protocol,attr", [("speaker", "speaker"), ("sentence", "group")])
+def test_group_kfold_is_disjoint_and_covers_everything(emotiontts_utts, protocol, attr):
+    by_id = {u.id: u for u in emotiontts_utts}
+    folds = make_folds(emotiontts_utts, protocol, folds=3, seed=0)
+    tested = Counter(i for f in folds for i in f.test)
+    assert set(tested) == set(by_id) and set(tested.values()) == {1}
+    for f in folds:
+        test_keys = {getattr(by_id[i], attr) for i in f.test}
+        train_keys = {getattr(by_id[i], attr) for i in f.train}
+        valid_keys = {getattr(by_id[i], attr) for i in f.valid}
+        assert not test_keys & train_keys and not test_keys & valid_keys and not valid_keys & train_keys
+        assert set(f.train) | set(f.valid) | set(f.test) == set(by_id)
+
+
+def test_speaker_sentence_grid(emotiontts_utts):
+    folds = make_folds(emotiontts_utts, "speaker-sentence", folds=3, seed=4)
+    tested = Counter(i for f in folds for i in f.test)
+    assert len(tested) == 300 and set(tested.values()) == {1}
+    for f in folds:
+        leak = leakage(emotiontts_utts, f)
+        assert leak["test_speaker_seen"] == 0 and leak["test_sentence_seen"] == 0
+        assert len(f.train) > 50 and f.valid
+    assert make_folds(emotiontts_utts, "speaker-sentence", folds=3, seed=4) == folds
+    assert make_folds(emotiontts_utts, "speaker-sentence", folds=3, seed=5) != folds
+
+
+def test_stratified_split_leaks_on_emotiontts(emotiontts_utts):
+    (fold,) = make_folds(emotiontts_utts, "stratified", seed=0)
+    leak = leakage(emotiontts_utts, fold)
+    assert leak["test_sentence_seen"] == leak["test"]  # why it is not the main protocol
+
+
+def test_save_and_load(tmp_path, emotiontts_utts):
+    folds = make_folds(emotiontts_utts, "speaker", folds=3, seed=0)
+    path = save_folds(tmp_path / "s.json", folds, {"seed": 0})
+    assert load_folds(path) == folds
+
+
+def test_errors():
+    utts = [Utterance(id=str(i), audio="x", label="sad", speaker="only", group=str(i)) for i in range(5)]
+    with pytest.raises(KoemoError, match="needs at least 4 speakers, the data has 1"):
+        make_folds(utts, "speaker", folds=3)
+    with pytest.raises(KoemoError, match="empty manifest"):
+        make_folds([], "speaker")
+    with pytest.raises(KoemoError, match="unknown split protocol 'random'"):
+        make_folds(utts, "random")
