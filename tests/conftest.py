@@ -57,3 +57,19 @@ def emotiontts_utts(emotiontts_root):
     utts = LOADERS.get("emotiontts")(emotiontts_root, skips)
     assert len(skips) == 0
     return utts
+
+
+@pytest.fixture(scope="session")
+def require_model():
+    """``require_model("whisper-base")`` -> installed path; fails (not skips) when missing,
+    because ``make test`` installs every packaged model before running the suite."""
+    from koemo.models import installed_path
+    from koemo.errors import ModelNotInstalledError
+
+    def get(name: str) -> Path:
+        try:
+            return installed_path(name)
+        except ModelNotInstalledError as e:
+            pytest.fail(str(e))
+
+    return get
