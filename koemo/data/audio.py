@@ -7,6 +7,7 @@ including the sound track of a video. soxr resamples.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,12 @@ def _read_pyav(src, start: float | None, end: float | None) -> tuple[np.ndarray,
     first = int(round((start or 0.0) * SAMPLE_RATE))
     last = int(round(end * SAMPLE_RATE)) if end is not None else len(audio)
     return audio[first:last].astype(np.float32), SAMPLE_RATE
+
+
+def _one_line(e: Exception) -> str:
+    """A library's error as a short phrase, without errno codes or the path repeated."""
+    text = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", text).split(": '")[0].strip()
 
 
 def resample(audio: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
@@ -102,7 +109,7 @@ def load_audio(
             audio, sr = fn(src, start, end)
             break
         except Exception as e:  # noqa: BLE001 - libraries raise many types; we report one line
-            problems.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            problems.append(_one_line(e))
     if audio is None:
         raise BadInputError(where, f"not readable as audio ({problems[-1]})")
 
