@@ -1,0 +1,140 @@
+"""Shared pieces of the fusion networks: masking helpers, the two-stage forward, Grad-CAM input.
+
+Every fusion model is a :class:`FusionModel`. Its forward is split in two so that the
+*fusion input activations* can be inspected (Grad-CAM modality contribution, Figure 6 of the paper):
+
+- ``embed(audio, audio_mask, text, text_mask) -> (a, t)``: the per-modality activations that
+  enter the fusion (after the model's own per-modality projection, e.g. the kernel-3 conv;
+  the raw encoder vectors for ``shallow``);
+- ``head(a, audio_mask, t, text_mask) -> logits``: everything after.
+
+``forward`` is ``head(*embed(...))``. :func:`grad_x_activation` runs the two stages, backpropagates
+the chosen class logit to ``a`` and ``t`` and sums gradient x activation over valid positions,
+per modality.
+
+Shapes: audio ``[B, Ta, Da]`` with ``audio_mask [B, Ta]`` (True = a real frame), text
+``[B, Tt, Dt]`` with ``text_mask [B, Tt]``. A sentence-vector text encoder gives ``[B, 1, Dt]``.
+Padding never changes a result: padded positions are zeroed before convolutions, excluded from
+attention keys and from pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def fix_empty(mask: torch.Tensor) -> torch.Tensor:
+    """A row with no valid position gets its first position marked valid (a zero vector there).
+
+    Attention over zero keys is undefined (NaN); an empty ASR transcript must still give an answer.
+    """
+    mask = mask.bool()
+    empty = ~mask.any(dim=1)
+    if empty.any():
+        mask = mask.clone()
+        mask[empty, 0] = True
+    return mask
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over time of ``x [B, T, D]`` counting only ``mask [B, T]`` positions."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x * mask.to(x.dtype).unsqueeze(-1)
+
+
+class MaskedConv1d(nn.Module):
+    """Kernel-3 1-D convolution over time on ``[B, T, D]`` that ignores padding.
+
+    Padded frames are zeroed first, so the frame next to the padding sees exactly the zero
+    padding it would see in an unpadded sequence; outputs at padded positions are zeroed.
+    """
+
+    def __init__(self, d_in: int, d_out: int, kernel: int = 3):
+        super().__init__()
+        self.conv = nn.Conv1d(d_in, d_out, kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = zero_padding(x, mask)
+        y = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return zero_padding(y, mask)
+
+
+def encoder_layer(hidden: int, heads: int, dropout: float) -> nn.TransformerEncoderLayer:
+    return nn.TransformerEncoderLayer(
+        hidden, heads, dim_feedforward=4 * hidden, dropout=dropout, batch_first=True,
+        activation="gelu",
+    )
+
+
+class SelfAttentionStack(nn.Module):
+    """``layers`` transformer encoder layers with a key-padding mask."""
+
+    def __init__(self, hidden: int, heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(encoder_layer(hidden, heads, dropout) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=~mask)
+            x = zero_padding(x, mask)
+        return x
+
+
+class FusionModel(nn.Module):
+    """Base class: ``forward = head(*embed(...))``; see the module docstring."""
+
+    #: which modalities the model reads ("audio", "text")
+    modalities: tuple[str, ...] = ("audio", "text")
+
+    def __init__(self, audio_dim: int, text_dim: int, n_labels: int, hidden: int = 768,
+                 heads: int = 8, layers: int = 1, dropout: float = 0.1):
+        super().__init__()
+        self.audio_dim, self.text_dim, self.n_labels = audio_dim, text_dim, n_labels
+        self.hidden, self.heads, self.layers, self.dropout_p = hidden, heads, layers, dropout
+
+    def embed(self, audio, audio_mask, text, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def head(self, a, audio_mask, t, text_mask) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, audio: torch.Tensor, audio_mask: torch.Tensor, text: torch.Tensor,
+                text_mask: torch.Tensor) -> torch.Tensor:
+        audio_mask = fix_empty(audio_mask)
+        text_mask = fix_empty(text_mask)
+        a, t = self.embed(audio, audio_mask, text, text_mask)
+        return self.head(a, audio_mask, t, text_mask)
+
+
+def grad_x_activation(model: FusionModel, audio, audio_mask, text, text_mask,
+                      target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM-style modality contribution at the fusion input.
+
+    Returns ``(scores [B, 2], logits [B, C])``: column 0 is the sum over valid audio positions
+    and channels of d logit[target] / d a * a, column 1 the same for text (0 for a modality the
+    model does not read). ``target`` defaults to the predicted class. Shares per modality are
+    e.g. ``relu(scores) / relu(scores).sum(1, keepdim=True)``.
+    """
+    audio_mask = fix_empty(audio_mask)
+    text_mask = fix_empty(text_mask)
+    with torch.enable_grad():
+        a, t = model.embed(audio, audio_mask, text, text_mask)
+        a = a.detach().requires_grad_(True)
+        t = t.detach().requires_grad_(True)
+        logits = model.head(a, audio_mask, t, text_mask)
+        if target is None:
+            target = logits.argmax(dim=1)
+        chosen = logits.gather(1, target.view(-1, 1)).sum()
+        ga, gt = torch.autograd.grad(chosen, (a, t), allow_unused=True)
+    scores = []
+    for act, grad, mask in ((a, ga, audio_mask), (t, gt, text_mask)):
+        if grad is None:
+            scores.append(torch.zeros(act.shape[0]))
+        else:
+            scores.append((grad * act * mask.unsqueeze(-1).to(act.dtype)).sum(dim=(1, 2)))
+    return torch.stack(scores, dim=1).detach(), logits.detach()

@@ -1,0 +1,163 @@
+"""The fusion networks of the paper (Figure 5) and the single-modal baselines.
+
+=====================  =====================================================================
+``audio-only``         Wu et al. 2021: kernel-3 conv to ``hidden``, one transformer layer,
+                       masked mean-pool, linear classifier; reads audio only
+``text-only``          the same on the text vectors only
+``shallow``            Siriwardhana et al. 2020: masked mean-pool each modality, concatenate,
+                       an MLP (``hidden`` units) classifies
+``fusion-transformer`` Khan et al. 2020: kernel-3 conv maps each modality to ``hidden``, add a
+                       learned modality embedding, concatenate along time, one self-attention
+                       layer over both, masked mean-pool, classify
+``mult``               Tsai et al. 2019 (one layer): kernel-3 conv to ``hidden``; audio queries
+                       text and text queries audio (cross-modal attention + feed-forward,
+                       residual, layer norm), masked mean-pool each, concatenate, classify
+=====================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from koemo.fusion.base import (
+    FusionModel,
+    MaskedConv1d,
+    SelfAttentionStack,
+    masked_mean,
+    zero_padding,
+)
+from koemo.registry import Registry
+
+FUSIONS: Registry[type[FusionModel]] = Registry("fusion model")
+
+
+class _SingleModal(FusionModel):
+    modality = "audio"
+
+    def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
+        super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)
+        self.modalities = (self.modality,)
+        d_in = audio_dim if self.modality == "audio" else text_dim
+        self.proj = MaskedConv1d(d_in, hidden)
+        self.act = nn.ReLU()
+        self.encoder = SelfAttentionStack(hidden, heads, layers, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, n_labels)
+
+    def embed(self, audio, audio_mask, text, text_mask):
+        if self.modality == "audio":
+            return self.proj(audio, audio_mask), text
+        return audio, self.proj(text, text_mask)
+
+    def head(self, a, audio_mask, t, text_mask):
+        x, mask = (a, audio_mask) if self.modality == "audio" else (t, text_mask)
+        x = zero_padding(self.act(x), mask)
+        x = self.encoder(x, mask)
+        return self.classifier(self.drop(masked_mean(x, mask)))
+
+
+@FUSIONS.register("audio-only")
+class AudioOnly(_SingleModal):
+    modality = "audio"
+
+
+@FUSIONS.register("text-only")
+class TextOnly(_SingleModal):
+    modality = "text"
+
+
+@FUSIONS.register("shallow")
+class ShallowFusion(FusionModel):
+    def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
+        super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(audio_dim + text_dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_labels),
+        )
+
+    def embed(self, audio, audio_mask, text, text_mask):
+        return audio, text
+
+    def head(self, a, audio_mask, t, text_mask):
+        pooled = torch.cat([masked_mean(a, audio_mask), masked_mean(t, text_mask)], dim=1)
+        return self.classifier(pooled)
+
+
+@FUSIONS.register("fusion-transformer")
+class FusionTransformer(FusionModel):
+    def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
+        super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)
+        self.audio_proj = MaskedConv1d(audio_dim, hidden)
+        self.text_proj = MaskedConv1d(text_dim, hidden)
+        self.modality_embedding = nn.Embedding(2, hidden)
+        self.encoder = SelfAttentionStack(hidden, heads, layers, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, n_labels)
+
+    def embed(self, audio, audio_mask, text, text_mask):
+        return self.audio_proj(audio, audio_mask), self.text_proj(text, text_mask)
+
+    def head(self, a, audio_mask, t, text_mask):
+        a = a + self.modality_embedding.weight[0]
+        t = t + self.modality_embedding.weight[1]
+        x = torch.cat([a, t], dim=1)
+        mask = torch.cat([audio_mask, text_mask], dim=1)
+        x = self.encoder(zero_padding(x, mask), mask)
+        return self.classifier(self.drop(masked_mean(x, mask)))
+
+
+class CrossModalLayer(nn.Module):
+    """One MulT cross-modal block: queries from one modality, keys/values from the other."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.ff = nn.Sequential(
+            nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * hidden, hidden)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, q, q_mask, kv, kv_mask):
+        out, _ = self.attn(q, kv, kv, key_padding_mask=~kv_mask, need_weights=False)
+        x = self.norm1(q + self.drop(out))
+        x = self.norm2(x + self.drop(self.ff(x)))
+        return zero_padding(x, q_mask)
+
+
+@FUSIONS.register("mult")
+class MulT(FusionModel):
+    def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
+        super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)
+        self.audio_proj = MaskedConv1d(audio_dim, hidden)
+        self.text_proj = MaskedConv1d(text_dim, hidden)
+        self.a2t = nn.ModuleList(CrossModalLayer(hidden, heads, dropout) for _ in range(layers))
+        self.t2a = nn.ModuleList(CrossModalLayer(hidden, heads, dropout) for _ in range(layers))
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * hidden, n_labels)
+
+    def embed(self, audio, audio_mask, text, text_mask):
+        return self.audio_proj(audio, audio_mask), self.text_proj(text, text_mask)
+
+    def head(self, a, audio_mask, t, text_mask):
+        for a2t, t2a in zip(self.a2t, self.t2a):
+            # audio attends to text (query audio) and text attends to audio (query text)
+            a, t = a2t(a, audio_mask, t, text_mask), t2a(t, text_mask, a, audio_mask)
+        pooled = torch.cat([masked_mean(a, audio_mask), masked_mean(t, text_mask)], dim=1)
+        return self.classifier(self.drop(pooled))
+
+
+def build_fusion(name: str, audio_dim: int, text_dim: int, n_labels: int, hidden: int = 768,
+                 heads: int = 8, layers: int = 1, dropout: float = 0.1) -> FusionModel:
+    """Instantiate a registered fusion model, checking that ``heads`` divides ``hidden``."""
+    from koemo.errors import KoemoError
+
+    cls = FUSIONS.get(name)
+    if hidden % heads:
+        raise KoemoError(f"model.hidden={hidden} must be divisible by model.heads={heads}")
+    return cls(audio_dim, text_dim, n_labels, hidden=hidden, heads=heads, layers=layers, dropout=dropout)

@@ -1,0 +1,116 @@
+"""Each fusion: output shape, padding invariance, sentence vectors, Grad-CAM hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from koemo.errors import KoemoError
+from koemo.fusion import FUSIONS, build_fusion, grad_x_activation
+
+NAMES = ["audio-only", "text-only", "shallow", "fusion-transformer", "mult"]
+DA, DT, C = 6, 5, 4
+
+
+def make(name, **kw):
+    torch.manual_seed(0)
+    model = build_fusion(name, DA, DT, C, hidden=8, heads=2, dropout=0.0, **kw)
+    return model.eval()
+
+
+def batch(lengths_a, lengths_t, pad_a=0, pad_t=0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B = len(lengths_a)
+    Ta, Tt = max(lengths_a) + pad_a, max(lengths_t) + pad_t
+    audio = torch.randn(B, Ta, DA, generator=g)
+    text = torch.randn(B, Tt, DT, generator=g)
+    am = torch.arange(Ta)[None] < torch.tensor(lengths_a)[:, None]
+    tm = torch.arange(Tt)[None] < torch.tensor(lengths_t)[:, None]
+    return audio, am, text, tm
+
+
+def test_registry_lists_every_model():
+    assert set(NAMES) <= set(FUSIONS.names())
+    with pytest.raises(KoemoError, match="unknown fusion model 'nope'"):
+        FUSIONS.get("nope")
+    with pytest.raises(KoemoError, match="divisible"):
+        build_fusion("mult", DA, DT, C, hidden=10, heads=3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape(name):
+    model = make(name)
+    audio, am, text, tm = batch([7, 3, 5], [4, 2, 4])
+    out = model(audio, am, text, tm)
+    assert out.shape == (3, C)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_does_not_change_the_result(name):
+    model = make(name)
+    audio, am, text, tm = batch([7, 3, 5], [4, 2, 4])
+    ref = model(audio, am, text, tm)
+    # the same utterances padded further, with garbage in the padding
+    Ta, Tt = audio.shape[1] + 6, text.shape[1] + 3
+    audio2 = torch.full((3, Ta, DA), 9.0)
+    text2 = torch.full((3, Tt, DT), -7.0)
+    audio2[:, : audio.shape[1]] = torch.where(am[..., None], audio, torch.tensor(5.0))
+    text2[:, : text.shape[1]] = torch.where(tm[..., None], text, torch.tensor(3.0))
+    am2 = torch.zeros(3, Ta, dtype=torch.bool)
+    am2[:, : am.shape[1]] = am
+    tm2 = torch.zeros(3, Tt, dtype=torch.bool)
+    tm2[:, : tm.shape[1]] = tm
+    out = model(audio2, am2, text2, tm2)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # and each utterance alone (no padding at all) gives its row
+    for i in range(3):
+        la, lt = int(am[i].sum()), int(tm[i].sum())
+        single = model(audio[i:i + 1, :la], am[i:i + 1, :la], text[i:i + 1, :lt], tm[i:i + 1, :lt])
+        torch.testing.assert_close(single[0], ref[i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sentence_vector_text(name):
+    model = make(name)
+    audio, am, text, tm = batch([7, 3], [1, 1])
+    assert text.shape[1] == 1
+    out = model(audio, am, text, tm)
+    assert out.shape == (2, C) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_text_row_gives_finite_output(name):
+    model = make(name)
+    audio, am, text, tm = batch([4, 3], [3, 3])
+    tm[1] = False
+    text[1] = 0.0
+    assert torch.isfinite(model(audio, am, text, tm)).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_modalities_really_used(name):
+    model = make(name)
+    audio, am, text, tm = batch([5, 4], [3, 3])
+    ref = model(audio, am, text, tm)
+    changed_audio = model(audio + 1.0, am, text, tm)
+    changed_text = model(audio, am, text + 1.0, tm)
+    reads_audio = not torch.allclose(ref, changed_audio)
+    reads_text = not torch.allclose(ref, changed_text)
+    assert reads_audio == (name != "text-only")
+    assert reads_text == (name != "audio-only")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_x_activation(name):
+    model = make(name)
+    audio, am, text, tm = batch([5, 4], [3, 2])
+    scores, logits = grad_x_activation(model, audio, am, text, tm)
+    assert scores.shape == (2, 2)
+    torch.testing.assert_close(logits, model(audio, am, text, tm))
+    if name == "audio-only":
+        assert (scores[:, 1] == 0).all() and (scores[:, 0] != 0).all()
+    elif name == "text-only":
+        assert (scores[:, 0] == 0).all() and (scores[:, 1] != 0).all()
+    else:
+        assert (scores != 0).all()
