@@ -90,8 +90,8 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs; 0 = off
     cr_lambda: float = 1.0
     cr_ce_path: str = "gold"  # which path gets the cross-entropy: gold | stt
-    cr_kl: str = "stt||gold"  # KL direction: "stt||gold" = KL(p_stt || p_gold), or "gold||stt"
-    cr_detach_target: bool = True
+    cr_kl: str = "gold||stt"  # KL direction: "gold||stt" = KL(p_gold || p_stt), or "stt||gold"
+    cr_detach_target: bool = True  # no KL gradient through the golden path (docs/training.md)
     seed: int = 0
     device: str = "cpu"
 
