@@ -57,6 +57,16 @@ def _masked_abs_sum(x: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | No
     return contrib.reshape(contrib.shape[0], -1).sum(dim=1)
 
 
+def _nonempty(mask: torch.Tensor) -> torch.Tensor:
+    """A mask with at least one real position per row (the first), as the fusion models use."""
+    mask = mask.bool()
+    empty = ~mask.any(dim=1)
+    if empty.any():
+        mask = mask.clone()
+        mask[empty, 0] = True
+    return mask
+
+
 def modality_scores(
     model: Model,
     audio: torch.Tensor,
@@ -65,12 +75,16 @@ def modality_scores(
     text_mask: torch.Tensor,
     target: str | torch.Tensor = "pred",
     layers: Mapping[str, str] | None = None,
+    at: str = "input",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw (unnormalised) gradient x activation per modality.
 
     ``target``: ``"pred"`` (argmax of the logits) or a LongTensor ``[B]`` of class indices.
     ``layers``: ``{"audio": "name", "text": "name"}`` of sub-modules of ``model`` (an
     ``nn.Module``) whose outputs are used as the activations instead of the inputs.
+    ``at="embed"``: for a model with ``embed(audio, audio_mask, text, text_mask) -> (a, t)`` and
+    ``head(a, audio_mask, t, text_mask) -> logits`` (koemo's fusion models), the activations are
+    ``a`` and ``t``, the per-modality fusion inputs: the paper's "Grad-CAM on the fusion input".
 
     Returns ``(audio_score [B], text_score [B], target_index [B], logits [B, C])``.
     """
@@ -101,7 +115,18 @@ def modality_scores(
                         captured[modality] = _first_tensor(output)
 
                     handles.append(modules[name].register_forward_hook(hook))
-            logits = model(a, audio_mask, t, text_mask)
+            if at == "embed":
+                if not (hasattr(model, "embed") and hasattr(model, "head")):
+                    raise KoemoError("at='embed' needs a model with embed() and head() methods")
+                audio_mask, text_mask = _nonempty(audio_mask), _nonempty(text_mask)
+                ea, et = model.embed(a, audio_mask, t, text_mask)
+                ea = ea.detach().requires_grad_(True)
+                et = et.detach().requires_grad_(True)
+                logits = model.head(ea, audio_mask, et, text_mask)
+            elif at == "input":
+                logits = model(a, audio_mask, t, text_mask)
+            else:
+                raise KoemoError(f"at must be 'input' or 'embed', got {at!r}")
             if logits.dim() != 2 or logits.shape[0] != audio.shape[0]:
                 raise KoemoError(f"model returned logits of shape {tuple(logits.shape)}, expected [B, C]")
             if isinstance(target, str):
@@ -113,7 +138,9 @@ def modality_scores(
             # Summing the target scores over the batch gives each row's own gradient, because a
             # row's logits depend only on its own inputs. autograd.grad leaves parameter .grad alone.
             score = logits.gather(1, idx[:, None]).sum()
-            if layers is None:
+            if at == "embed":
+                xs = [ea, et]
+            elif layers is None:
                 xs = [a, t]
             else:
                 missing = [m for m in MODALITIES if m not in captured]
@@ -191,6 +218,7 @@ def modality_contribution(
     labels: Sequence[str],
     target: str = "pred",
     layers: Mapping[str, str] | None = None,
+    at: str = "input",
 ) -> ModalityContribution:
     """Shares over a data set given as batches ``(audio, audio_mask, text, text_mask, y)`` with
     ``y`` the true class indices; averaged per true label.
@@ -203,7 +231,8 @@ def modality_contribution(
     for audio, audio_mask, text, text_mask, y in batches:
         y = torch.as_tensor(y, dtype=torch.long).reshape(-1)
         a, t, idx, _ = modality_scores(
-            model, audio, audio_mask, text, text_mask, target="pred" if target == "pred" else y, layers=layers
+            model, audio, audio_mask, text, text_mask, target="pred" if target == "pred" else y, layers=layers,
+            at=at,
         )
         all_shares.append(shares(a, t))
         all_true.append(y.numpy())

@@ -142,3 +142,25 @@ def test_plain_callable_and_errors():
         modality_scores(TinyFusion(), *batch()[:4], layers={"audio": "nope", "text": "text_proj"})
     with pytest.raises(KoemoError, match=r"\[B, T, D\]"):
         modality_scores(audio_only, torch.zeros(2, 3), None, torch.zeros(2, 3, 4), None)
+
+
+@pytest.mark.parametrize("name", ["shallow", "fusion-transformer", "mult"])
+def test_koemo_fusion_models_at_the_fusion_input(name):
+    from koemo.fusion import build_fusion
+
+    torch.manual_seed(0)
+    model = build_fusion(name, audio_dim=6, text_dim=5, n_labels=4, hidden=16, heads=2)
+    for at in ("input", "embed"):
+        s = shares(*modality_scores(model, *batch()[:4], at=at)[:2])
+        assert np.allclose(s.sum(axis=1), 1.0), at
+
+
+@pytest.mark.parametrize("name,expected", [("audio-only", 0), ("text-only", 1)])
+def test_single_modal_koemo_models_get_the_whole_share(name, expected):
+    from koemo.fusion import build_fusion
+
+    torch.manual_seed(0)
+    model = build_fusion(name, audio_dim=6, text_dim=5, n_labels=4, hidden=16, heads=2)
+    for at in ("input", "embed"):
+        s = shares(*modality_scores(model, *batch()[:4], at=at)[:2])
+        assert np.allclose(s[:, expected], 1.0), at
