@@ -1,0 +1,279 @@
+"""The HTTP service: ``POST /v1/predict``, ``GET /v1/health``, ``GET /v1/model``, the web page at ``/``.
+
+Models are loaded once (a :class:`~koemo.serving.predictor.Predictor` handed to :func:`create_app`);
+each request is decoded and predicted in a worker thread, at most ``Limits.workers`` at a time, and
+beyond ``Limits.max_queue`` waiting requests the service answers 503 rather than piling up work.
+Bad audio gets a 4xx JSON error ``{"error", "file", "problem", "status"}``, never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from importlib import resources
+from typing import Any, Optional
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from koemo.errors import BadInputError, KoemoError
+from koemo.serving.limits import Limits, RejectedAudio, decode_audio
+from koemo.serving.predictor import Predictor
+
+log = logging.getLogger("koemo.serving")
+
+UPLOAD_NAME = "<uploaded audio>"
+
+
+# ---- schemas (OpenAPI) ---------------------------------------------------------------------
+class Contribution(BaseModel):
+    audio: float = Field(description="share of the decision owed to the speech encoder (0-1)")
+    text: float = Field(description="share owed to the text encoder (0-1)")
+
+
+class Segment(BaseModel):
+    start: float = Field(description="seconds from the start of the recording")
+    end: float
+    transcript: str
+    label: str
+    probabilities: dict[str, float]
+    contribution: Optional[Contribution] = None
+
+
+class Prediction(BaseModel):
+    file: str
+    transcript: str = Field(description="ASR transcript (segments joined)")
+    label: str = Field(description="most probable emotion")
+    probabilities: dict[str, float] = Field(description="emotion distribution; sums to 1")
+    segments: list[Segment]
+    contribution: Optional[Contribution] = None
+    duration: float = Field(description="seconds of audio")
+    timings: dict[str, float] = Field(description="seconds per stage: asr, speech_encoder, text_encoder, fusion, vad, decode, total")
+
+
+class AudioJSON(BaseModel):
+    audio_base64: str = Field(description="the audio file's bytes, base64-encoded (any format koemo reads)")
+    filename: Optional[str] = Field(None, description="a name used in error messages")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="one line: the file and the problem")
+    file: str
+    problem: str
+    status: int
+
+
+class Health(BaseModel):
+    status: str
+    busy: int
+    queued: int
+    uptime_s: float
+
+
+_ERRORS = {
+    413: "upload too large or audio too long",
+    415: "not a supported audio format or content type",
+    422: "unusable audio or malformed request",
+    503: "too many requests waiting; retry later",
+}
+
+_PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+        },
+        "application/json": {"schema": AudioJSON.model_json_schema()},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def _error(where: str, problem: str, status: int) -> JSONResponse:
+    body = {"error": f"{where}: {problem}", "file": where, "problem": problem, "status": status}
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (without reading it all) one longer than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(int(declared))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, str]:
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+    except Exception as e:  # noqa: BLE001 - malformed multipart comes in many shapes
+        raise RejectedAudio(UPLOAD_NAME, f"malformed multipart body ({str(e).splitlines()[0] if str(e) else type(e).__name__})", 422) from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise RejectedAudio(UPLOAD_NAME, "multipart body has no file field named 'file'", 422)
+    name = (upload.filename or UPLOAD_NAME).replace("\n", " ")[:200]
+    data = await upload.read()
+    await form.close()
+    return data, name
+
+
+def _parse_json(body: bytes) -> tuple[bytes, str]:
+    try:
+        payload = AudioJSON.model_validate_json(body)
+    except ValueError as e:
+        first = str(e).splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) if len(first) > 1 else "invalid JSON"
+        raise RejectedAudio(UPLOAD_NAME, f"JSON body must be {{\"audio_base64\": ...}} ({detail})", 422) from None
+    name = (payload.filename or UPLOAD_NAME).replace("\n", " ")[:200]
+    try:
+        data = base64.b64decode(payload.audio_base64, validate=True)
+    except (binascii.Error, ValueError):
+        raise RejectedAudio(name, "audio_base64 is not valid base64", 422) from None
+    return data, name
+
+
+def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
+    """The FastAPI app serving ``predictor`` (already loaded) under ``limits``."""
+    limits = limits or predictor.limits
+    app = FastAPI(
+        title="koemo",
+        summary="Korean multimodal speech emotion recognition robust to ASR errors",
+        description=(
+            "Upload a recording; koemo transcribes it, encodes audio and text, fuses them and returns "
+            "the emotion distribution, per-utterance labels (long recordings are cut by voice activity) "
+            "and how much of the decision came from the audio vs. the text. Web page at `/`."
+        ),
+        version=predictor.describe().get("koemo_version", "0"),
+    )
+    state = {"busy": 0, "queued": 0, "started": time.time()}
+    limiter = anyio.CapacityLimiter(max(1, limits.workers))
+    # JSON inflates the audio by 4/3 (base64); multipart adds headers. Both stay bounded.
+    body_limit = limits.max_upload_bytes * 4 // 3 + 64 * 1024
+
+    def run_job(data: bytes, name: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        audio = decode_audio(data, name, limits)
+        decode_s = time.perf_counter() - t0
+        result = predictor.predict(audio, name=name)
+        result["timings"]["decode"] = round(decode_s, 4)
+        result["timings"]["total"] = round(result["timings"]["total"] + decode_s, 4)
+        return {"file": name, **result}
+
+    @app.post(
+        "/v1/predict",
+        response_model=Prediction,
+        summary="Emotion of an uploaded recording",
+        description=(
+            "Send the audio as multipart form field `file`, as JSON `{\"audio_base64\": ...}`, or as the "
+            f"raw request body. Limits: {limits.max_upload_mb:g} MB, {limits.max_duration_s:g} s; "
+            f"recordings over {limits.segment_over_s:g} s are cut into utterances."
+        ),
+        openapi_extra={"requestBody": _PREDICT_BODY},
+        responses={code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()},
+    )
+    async def predict(request: Request):
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            if not (
+                ctype in ("multipart/form-data", "application/json", "application/octet-stream")
+                or ctype.startswith(("audio/", "video/"))
+            ):
+                raise RejectedAudio(
+                    UPLOAD_NAME,
+                    f"unsupported content type {ctype or '(none)'!r}; send multipart/form-data, "
+                    "application/json or the audio bytes",
+                    415,
+                )
+            try:
+                body = await _read_body(request, body_limit)
+            except _TooLarge as e:
+                raise RejectedAudio(
+                    UPLOAD_NAME, f"request body is {e.args[0] / 1e6:.1f} MB or more; the limit is {limits.max_upload_mb:g} MB", 413
+                ) from None
+            if ctype == "multipart/form-data":
+                data, name = await _parse_multipart(request, body)
+            elif ctype == "application/json":
+                data, name = _parse_json(body)
+            else:
+                data, name = body, UPLOAD_NAME
+            if state["queued"] >= limits.max_queue:
+                return _error(name, f"{state['queued']} requests are waiting; retry later", 503)
+            state["queued"] += 1
+            waiting = True
+            try:
+                async with limiter:
+                    state["queued"] -= 1
+                    waiting = False
+                    state["busy"] += 1
+                    try:
+                        result = await anyio.to_thread.run_sync(run_job, data, name)
+                    finally:
+                        state["busy"] -= 1
+            finally:
+                if waiting:  # cancelled (client gone) before a worker was free
+                    state["queued"] -= 1
+            return result
+        except RejectedAudio as e:
+            return _error(e.where, e.problem, e.status)
+        except BadInputError as e:
+            return _error(e.where, e.problem, 422)
+
+    @app.get("/v1/health", response_model=Health, summary="Liveness and load")
+    async def health():
+        return {
+            "status": "ok",
+            "busy": state["busy"],
+            "queued": state["queued"],
+            "uptime_s": round(time.time() - state["started"], 1),
+        }
+
+    @app.get("/v1/model", summary="Labels, encoders and versions of the loaded model")
+    async def model() -> dict[str, Any]:
+        return {**predictor.describe(), "limits": {
+            "max_upload_mb": limits.max_upload_mb,
+            "max_duration_s": limits.max_duration_s,
+            "segment_over_s": limits.segment_over_s,
+            "workers": limits.workers,
+        }}
+
+    @app.exception_handler(KoemoError)
+    async def koemo_error(request: Request, exc: KoemoError):
+        log.error("request failed: %s", exc)
+        return JSONResponse({"error": str(exc), "file": "", "problem": str(exc), "status": 500}, status_code=500)
+
+    static = resources.files("koemo.serving") / "static"
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(str(static / "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return app

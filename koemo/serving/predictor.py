@@ -1,0 +1,156 @@
+"""The product path: audio -> ASR text -> speech + text encoders -> fusion -> emotion distribution.
+
+A :class:`Predictor` holds the loaded models (once per process) and turns one recording into a
+result dict. Recordings longer than ``Limits.segment_over_s`` are cut into utterances by voice
+activity (:mod:`koemo.serving.segment`); each utterance is classified on its own and the recording's
+distribution is the duration-weighted mean of its utterances'.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from koemo.data.audio import SAMPLE_RATE
+from koemo.errors import BadInputError, KoemoError
+from koemo.paths import cache_root
+from koemo.serving.limits import Limits
+from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans
+
+STAGES = ("asr", "speech_encoder", "text_encoder", "fusion")
+
+
+def default_bundle_dir() -> Path:
+    """Where ``make demo`` leaves the trained model bundle that ``predict``/``serve`` use by default."""
+    return cache_root() / "bundles" / "default"
+
+
+class Transcriber(Protocol):
+    def transcribe(self, audio: np.ndarray) -> str: ...
+
+
+class Encoder(Protocol):
+    def __call__(self, x: Any) -> Any: ...
+
+
+#: (speech features, text features) -> (probabilities over labels, {"audio": a, "text": t} or None)
+Classifier = Callable[[Any, Any], "tuple[np.ndarray, dict[str, float] | None]"]
+
+
+@dataclass
+class Predictor:
+    """Loaded models plus the labels they predict; ``predict`` is safe to call from many threads."""
+
+    labels: tuple[str, ...]
+    asr: Transcriber
+    speech_encoder: Encoder  # 16 kHz audio -> features
+    text_encoder: Encoder  # text -> features
+    classify: Classifier
+    info: dict[str, Any] = field(default_factory=dict)  # what GET /v1/model shows
+    limits: Limits = field(default_factory=Limits)
+    segment_config: SegmentConfig = field(default_factory=SegmentConfig)
+    # Models that keep state between calls (or are not thread-safe) run under this lock when set.
+    serial: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(
+        cls, path: str | Path | None = None, *, asr: str | None = None, limits: Limits | None = None
+    ) -> "Predictor":
+        """Load a trained model bundle (default: :func:`default_bundle_dir`) and its encoders.
+
+        ``asr`` overrides the speech recogniser the bundle was trained/evaluated with.
+        """
+        from koemo.serving.bundle import load_predictor
+
+        return load_predictor(path, asr=asr, limits=limits or Limits())
+
+    # ---- prediction ----------------------------------------------------------------------
+    def predict(self, audio: np.ndarray, *, name: str = "<audio>") -> dict[str, Any]:
+        """Classify one recording (16 kHz mono float32).
+
+        Returns ``{transcript, probabilities{label: p}, label, segments[{start, end, transcript,
+        label, probabilities, contribution}], contribution{audio, text}, timings{stage: s},
+        duration}``.
+        """
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if audio.size == 0:
+            raise BadInputError(name, "zero-length audio (no samples)")
+        t_start = time.perf_counter()
+        duration = len(audio) / SAMPLE_RATE
+        timings = {stage: 0.0 for stage in STAGES}
+        if self.limits.segment_over_s and duration > self.limits.segment_over_s:
+            t0 = time.perf_counter()
+            spans = speech_spans(audio, self.segment_config)
+            timings["vad"] = time.perf_counter() - t0
+            if not spans:
+                raise BadInputError(name, f"no speech found in {duration:.1f} s of audio")
+        else:
+            spans = [Span(0.0, round(duration, 3))]
+
+        segments = []
+        for span in spans:
+            seg = self._predict_utterance(cut(audio, span), timings)
+            segments.append({"start": span.start, "end": span.end, **seg})
+
+        weights = np.array([max(s["end"] - s["start"], 1e-3) for s in segments])
+        weights = weights / weights.sum()
+        probs = sum(w * np.array([s["probabilities"][lab] for lab in self.labels]) for w, s in zip(weights, segments))
+        probs = probs / probs.sum()
+        contribution = None
+        if all(s.get("contribution") for s in segments):
+            contribution = {
+                k: float(sum(w * s["contribution"][k] for w, s in zip(weights, segments)))
+                for k in ("audio", "text")
+            }
+        timings["total"] = time.perf_counter() - t_start
+        return {
+            "transcript": " ".join(s["transcript"] for s in segments if s["transcript"]),
+            "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)},
+            "label": self.labels[int(np.argmax(probs))],
+            "segments": segments,
+            "contribution": contribution,
+            "duration": round(duration, 3),
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+        }
+
+    def _predict_utterance(self, audio: np.ndarray, timings: dict[str, float]) -> dict[str, Any]:
+        if self.serial:
+            with self._lock:
+                return self._run_stages(audio, timings)
+        return self._run_stages(audio, timings)
+
+    def _run_stages(self, audio: np.ndarray, timings: dict[str, float]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        transcript = self.asr.transcribe(audio)
+        t1 = time.perf_counter()
+        speech = self.speech_encoder(audio)
+        t2 = time.perf_counter()
+        text = self.text_encoder(transcript)
+        t3 = time.perf_counter()
+        probs, contribution = self.classify(speech, text)
+        t4 = time.perf_counter()
+        for stage, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            timings[stage] += dt
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+        if probs.shape[0] != len(self.labels) or not np.all(np.isfinite(probs)):
+            raise KoemoError(f"model returned {probs.shape[0]} scores for {len(self.labels)} labels")
+        probs = probs / probs.sum()
+        return {
+            "transcript": transcript,
+            "label": self.labels[int(np.argmax(probs))],
+            "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)},
+            "contribution": {k: float(v) for k, v in contribution.items()} if contribution else None,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Labels, encoders, versions: the body of ``GET /v1/model``."""
+        from koemo import __version__
+
+        return {"labels": list(self.labels), "koemo_version": __version__, **self.info}

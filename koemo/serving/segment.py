@@ -1,0 +1,107 @@
+"""Voice activity segmentation: cut a long recording into utterances with timestamps.
+
+Uses silero-vad's JIT model, whose weights ship inside the ``silero-vad`` PyPI package (nothing is
+downloaded). The model is loaded once per process and shared behind a lock: it keeps recurrent
+state between windows, so two threads must not run it at the same time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from koemo.data.audio import SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Span:
+    """One utterance: seconds from the start of the recording."""
+
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How a recording is cut into utterances."""
+
+    threshold: float = 0.5  # silero speech probability above which a window is speech
+    min_speech_ms: int = 250  # shorter speech islands are dropped
+    min_silence_ms: int = 500  # a pause at least this long ends an utterance
+    pad_ms: int = 100  # padding kept either side of each utterance
+    max_segment_s: float = 12.0  # longer speech is split (at the longest pause if there is one)
+    merge_gap_s: float = 0.0  # utterances closer than this are merged (0 = never)
+
+
+_lock = threading.Lock()
+_model = None
+
+
+def _silero():
+    """``import silero_vad``, which calls ``torch.set_num_threads(1)`` as a side effect; the
+    caller's thread count is restored so the encoders in the same process keep their parallelism."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        import silero_vad
+    finally:
+        torch.set_num_threads(threads)
+    return silero_vad
+
+
+def _vad_model():
+    """The bundled silero-vad JIT model (``silero_vad/data/silero_vad.jit``), loaded once."""
+    global _model
+    if _model is None:
+        model = _silero().load_silero_vad(onnx=False)
+        model.eval()
+        _model = model
+    return _model
+
+
+def speech_spans(audio: np.ndarray, config: SegmentConfig = SegmentConfig()) -> list[Span]:
+    """Utterance spans (seconds) in 16 kHz mono ``audio``; ``[]`` when nobody speaks."""
+    import torch
+
+    get_speech_timestamps = _silero().get_speech_timestamps
+    if audio.size == 0:
+        return []
+    wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    with _lock:
+        model = _vad_model()
+        with torch.inference_mode():
+            stamps = get_speech_timestamps(
+                wav,
+                model,
+                threshold=config.threshold,
+                sampling_rate=SAMPLE_RATE,
+                min_speech_duration_ms=config.min_speech_ms,
+                max_speech_duration_s=config.max_segment_s,
+                min_silence_duration_ms=config.min_silence_ms,
+                speech_pad_ms=config.pad_ms,
+            )
+        model.reset_states()
+    spans = [Span(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
+    if config.merge_gap_s > 0 and spans:
+        merged = [spans[0]]
+        for span in spans[1:]:
+            last = merged[-1]
+            if span.start - last.end < config.merge_gap_s and span.end - last.start <= config.max_segment_s:
+                merged[-1] = Span(last.start, span.end)
+            else:
+                merged.append(span)
+        spans = merged
+    return [Span(round(s.start, 3), round(s.end, 3)) for s in spans]
+
+
+def cut(audio: np.ndarray, span: Span) -> np.ndarray:
+    first = max(0, int(round(span.start * SAMPLE_RATE)))
+    last = min(len(audio), int(round(span.end * SAMPLE_RATE)))
+    return audio[first:last]
