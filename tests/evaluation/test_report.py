@@ -1,0 +1,116 @@
+"""Figures and the Markdown/HTML report from small synthetic results."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from koemo.evaluation.plots import plot_confusions, plot_modality, plot_snr_curve
+from koemo.evaluation.report import (
+    fmt_ms,
+    fmt_pt,
+    markdown_table,
+    render_markdown,
+    write_report,
+)
+
+LABELS = ["neutral", "happy", "sad", "angry"]
+
+
+def image_size(path):
+    with Image.open(path) as im:
+        im.load()
+        return im.size, im.format
+
+
+def test_confusion_figure(tmp_path):
+    cm = np.array([[5, 1, 0, 0], [1, 4, 1, 0], [0, 2, 3, 1], [0, 0, 0, 6]])
+    path = plot_confusions([("human text", cm), ("ASR text", cm.T), ("ASR + CR", cm)], LABELS,
+                           tmp_path / "fig" / "confusion.png", suptitle="Figure 7")
+    (w, h), kind = image_size(path)
+    assert kind == "PNG" and w > 2 * h > 0  # three panels side by side
+    assert not list((tmp_path / "fig").glob(".*.tmp"))
+
+
+def test_modality_figure(tmp_path):
+    per = {"neutral": {"audio": 0.52, "text": 0.48}, "sad": {"audio": 0.3, "text": 0.7}}
+    (w, h), kind = image_size(plot_modality(per, tmp_path / "m.png", labels=LABELS))
+    assert kind == "PNG" and w > 0 and h > 0
+
+
+def test_snr_curve_with_clean_point_and_cer_axis(tmp_path):
+    points = [
+        {"snr": None, "cer": 0.12, "asr": {"mean": 0.60, "std": 0.02}, "cr": {"mean": 0.62, "std": 0.01}},
+        {"snr": 0, "cer": 0.55, "asr": {"mean": 0.45, "std": 0.03}, "cr": {"mean": 0.50, "std": 0.02}},
+        {"snr": 10, "cer": 0.25, "asr": {"mean": 0.55, "std": 0.02}, "cr": {"mean": 0.58, "std": 0.02}},
+        {"snr": 5, "cer": 0.35, "asr": {"mean": 0.50, "std": 0.02}},
+    ]
+    (w, h), kind = image_size(plot_snr_curve(points, tmp_path / "snr.png", reference=0.63))
+    assert kind == "PNG" and w > h > 0
+
+
+def test_formatting():
+    assert fmt_ms(0.49523, 0.00619) == "0.4952 ± 0.0062"
+    assert fmt_ms(None) == "–" and fmt_ms(float("nan"), 0.1) == "–"
+    assert fmt_pt(0.4121 - 0.4952) == "-8.3"
+    assert fmt_pt(0.0431) == "+4.3"
+    table = markdown_table(["a", "b|c"], [["x", 1], ["y", 2.5]])
+    assert table.splitlines() == ["| a | b\\|c |", "|:--|--:|", "| x | 1 |", "| y | 2.5 |"]
+
+
+def synthetic_results(tmp_path):
+    plot_confusions([("human text", np.eye(4, dtype=int) * 3)], LABELS, tmp_path / "figures" / "cm.png")
+    s = {"mean": {"weighted_f1": 0.4952, "weighted_accuracy": 0.4989, "unweighted_accuracy": 0.47,
+                  "macro_f1": 0.46}, "std": {"weighted_f1": 0.0062, "weighted_accuracy": 0.005,
+                                              "unweighted_accuracy": 0.01, "macro_f1": 0.011}}
+    return {
+        "title": "koemo on EmotionTTS",
+        "meta": {"command": "koemo reproduce --recipe emotiontts --seeds 5", "machine": "2 cores",
+                 "wall_time_s": 1500, "dataset": "emotiontts", "protocol": "speaker-sentence", "seeds": [0, 1]},
+        "table3": [{"model": "shallow", "speech": "whisper-base-encoder", "text": "embeddinggemma-300m",
+                    **s, "paper": 0.4952},
+                   {"model": "text-only", "speech": None, "text": "fasttext-ko",
+                    "mean": {"weighted_f1": 0.41}, "std": {"weighted_f1": 0.0085}}],
+        "table4": [{"asr": "whisper-base", "model": "shallow", "gold": {"mean": 0.4952, "std": 0.0062},
+                    "asr_trained": {"mean": 0.4121, "std": 0.01}, "cr": {"mean": 0.4550, "std": 0.009},
+                    "paper": {"asr_trained": 0.4121, "cr": 0.455}}],
+        "asr": [{"condition": "whisper-base", "cer": 0.351, "wer": 0.638, "swer": 0.567, "n": 300}],
+        "protocols": [
+            {"protocol": "speaker-sentence", "model": "shallow", "mean": {"weighted_f1": 0.50}, "std": {"weighted_f1": 0.02}},
+            {"protocol": "stratified", "model": "shallow", "mean": {"weighted_f1": 0.90}, "std": {"weighted_f1": 0.01}},
+        ],
+        "figures": [{"path": "figures/cm.png", "caption": "Confusion matrices"}],
+        "commentary": "Our numbers are higher because EmotionTTS is acted speech.",
+    }
+
+
+def test_report_markdown_and_html(tmp_path):
+    results = synthetic_results(tmp_path)
+    path = write_report(results, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    assert path.name == "REPORT.md"
+    assert text.startswith("# koemo on EmotionTTS")
+    assert "`koemo reproduce --recipe emotiontts --seeds 5`" in text and "25.0 min" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert ("| shallow | whisper-base-encoder | embeddinggemma-300m | 0.4952 ± 0.0062 | 0.4989 ± 0.0050 "
+            "| 0.4700 ± 0.0100 | 0.4600 ± 0.0110 | 0.4952 |") in rows
+    assert "| text-only | – | fasttext-ko | 0.4100 ± 0.0085 | – | – | – | – |" in rows
+    # Table 4: change vs. Table 3 and points recovered, as the paper prints them
+    assert ("| whisper-base | shallow | 0.4952 ± 0.0062 | 0.4121 ± 0.0100 (-8.3) | 0.4550 ± 0.0090 (-4.0) "
+            "| +4.3 | 0.4121 / 0.4550 |") in rows
+    assert "| whisper-base | 35.1% | 63.8% | 56.7% | 300 |" in rows
+    assert "| stratified | shallow | 0.9000 ± 0.0100 | – | +40.0 |" in rows
+    assert "![Confusion matrices](figures/cm.png)" in text
+    assert "## Commentary" in text and "acted speech" in text
+    html = (tmp_path / "REPORT.html").read_text(encoding="utf-8")
+    assert '<img src="figures/cm.png"' in html and "<table>" in html and '>0.4952 ± 0.0062</td>' in html
+    assert (tmp_path / "figures" / "cm.png").stat().st_size > 0
+
+
+def test_report_leaves_out_missing_sections():
+    text = render_markdown({"title": "t", "table3": []})
+    assert "Table 3" not in text and "Table 4" not in text and "## Commentary" in text
+    assert math.isfinite(1.0)
