@@ -1,0 +1,191 @@
+"""Transcribe a manifest with one recogniser under one noise condition, through the cache.
+
+The result is a manifest column named by :func:`koemo.asr.noise.text_source`. Every transcript
+goes into the SQLite cache the moment it exists, so an interrupted run resumes and a re-run is
+instant; the manifest is rewritten (atomically, under a lock) only at the end. A clip that cannot
+be read is skipped with a one-line message and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import multiprocessing
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from koemo.asr.base import ASRBackend, make_backend
+from koemo.asr.cache import TranscriptCache, noise_key
+from koemo.asr.noise import NoiseCondition, NoiseMaker, noise_condition, text_source
+from koemo.data.audio import load_audio
+from koemo.data.manifest import Utterance, read_manifest, write_manifest
+from koemo.errors import BadInputError, SkipLog
+
+log = logging.getLogger("koemo")
+
+
+@dataclass
+class TranscribeReport:
+    source: str
+    texts: dict[str, str] = field(default_factory=dict)  # utterance id -> transcript
+    cached: int = 0
+    computed: int = 0
+    skips: SkipLog = field(default_factory=SkipLog)
+    manifest: Path | None = None
+
+    def summary(self) -> str:
+        return (
+            f"{self.source}: {len(self.texts)} transcripts ({self.computed} new, {self.cached} from cache), "
+            f"{len(self.skips)} skipped"
+        )
+
+
+def transcribe_one(backend: ASRBackend, utt: Utterance, noise: NoiseMaker | None = None) -> str:
+    """Load one utterance (any format/rate -> 16 kHz), add noise if asked, recognise it."""
+    audio = load_audio(utt.audio, start=utt.start, end=utt.end, allow_silent=True, name=f"{utt.id} ({utt.audio})")
+    if noise is not None:
+        audio = noise.apply(utt, audio)
+    return backend.transcribe(audio)
+
+
+def _attempt(backend: ASRBackend, utt: Utterance, noise: NoiseMaker | None) -> tuple[str, str | None, BadInputError | None]:
+    try:
+        return utt.id, transcribe_one(backend, utt, noise), None
+    except BadInputError as e:
+        return utt.id, None, e
+    except (RuntimeError, ValueError, MemoryError) as e:  # a recogniser choking on one clip
+        return utt.id, None, BadInputError(utt.id, f"recogniser failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+
+
+# --- worker processes: each builds its own backend once -------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(backend_name: str, options: dict, condition: NoiseCondition | None, pool: list[Utterance]) -> None:
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    _WORKER["backend"] = make_backend(backend_name, **options)
+    _WORKER["noise"] = NoiseMaker(condition, pool) if condition else None
+
+
+def _worker_run(utt: Utterance) -> tuple[str, str | None, BadInputError | None]:
+    return _attempt(_WORKER["backend"], utt, _WORKER["noise"])
+
+
+def transcribe_utterances(
+    utts: Sequence[Utterance],
+    backend: str,
+    noise: str | None = None,
+    snr: float | None = None,
+    seed: int = 0,
+    jobs: int = 1,
+    cache: TranscriptCache | None = None,
+    backend_options: dict | None = None,
+    progress: bool = True,
+) -> TranscribeReport:
+    """Transcripts for ``utts`` (from the cache where present), keyed by utterance id."""
+    from tqdm import tqdm
+
+    options = backend_options or {}
+    condition = noise_condition(noise, snr, seed)
+    report = TranscribeReport(source=text_source(backend, noise, snr, seed))
+    recogniser = make_backend(backend, **options)  # fails fast: unknown name, model not installed
+    own_cache = cache is None
+    cache = cache or TranscriptCache()
+    try:
+        audio_keys: dict[str, str] = {}
+        for utt in utts:
+            try:
+                audio_keys[utt.id] = cache.audio_key(utt)
+            except BadInputError as e:
+                report.skips.skip(e)
+        usable = [u for u in utts if u.id in audio_keys]
+        pool_keys = sorted(f"{u.id}:{audio_keys[u.id]}" for u in usable)
+        nkey = noise_key(condition, pool_keys)
+        pending = []
+        for utt in usable:
+            hit = cache.get(audio_keys[utt.id], recogniser.cache_key, nkey)
+            if hit is None:
+                pending.append(utt)
+            else:
+                report.texts[utt.id] = hit
+                report.cached += 1
+
+        bar = tqdm(
+            total=len(usable), initial=report.cached, desc=report.source, unit="clip",
+            disable=not progress, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30,
+        )
+        with bar, _results(recogniser, backend, options, condition, usable, pending, jobs) as results:
+            for utt_id, text, error in results:
+                if error is not None:
+                    report.skips.skip(error)
+                else:
+                    cache.put(audio_keys[utt_id], recogniser.cache_key, nkey, text)
+                    report.texts[utt_id] = text
+                    report.computed += 1
+                bar.update(1)
+    finally:
+        if own_cache:
+            cache.close()
+    return report
+
+
+@contextmanager
+def _results(recogniser, backend, options, condition, pool, pending, jobs) -> Iterator:
+    """(id, text, error) per pending utterance, in this process or in ``jobs`` worker processes."""
+    if jobs <= 1 or len(pending) <= 1:
+        maker = NoiseMaker(condition, pool) if condition else None
+        yield (_attempt(recogniser, u, maker) for u in pending)
+        return
+    # spawn, not fork: the parent already holds a multi-threaded model runtime.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(jobs, initializer=_worker_init, initargs=(backend, options, condition, list(pool))) as workers:
+        try:
+            yield workers.imap_unordered(_worker_run, pending, chunksize=1)
+        finally:
+            workers.terminate()
+
+
+@contextmanager
+def _manifest_lock(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of a manifest between concurrent ``koemo transcribe`` runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def store_transcripts(manifest: Path, source: str, texts: dict[str, str]) -> list[Utterance]:
+    """Put ``texts`` into the manifest's ``source`` column, keeping columns other runs wrote."""
+    with _manifest_lock(manifest):
+        utts = read_manifest(manifest)
+        for u in utts:
+            if u.id in texts:
+                u.transcripts[source] = texts[u.id]
+            else:
+                u.transcripts.pop(source, None)  # skipped now: an old transcript would be stale
+        write_manifest(manifest, utts)
+    return utts
+
+
+def transcribe_manifest(
+    manifest: Path,
+    backend: str,
+    noise: str | None = None,
+    snr: float | None = None,
+    seed: int = 0,
+    jobs: int = 1,
+    backend_options: dict | None = None,
+    progress: bool = True,
+) -> TranscribeReport:
+    """Transcribe every utterance of ``manifest`` and write the column back into it."""
+    utts = read_manifest(manifest)
+    report = transcribe_utterances(utts, backend, noise, snr, seed, jobs, backend_options=backend_options, progress=progress)
+    store_transcripts(manifest, report.source, report.texts)
+    report.manifest = manifest
+    return report
