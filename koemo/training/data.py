@@ -1,0 +1,148 @@
+"""Training inputs as plain mappings, checked once and padded into batches.
+
+The trainer never reads the feature store itself: it gets
+
+- ``audio``: ``{utt_id: array [T, D]}`` (frozen speech-encoder frames, or raw encoder inputs such
+  as log-mel frames ``[frames, mels]`` when the encoders are fine-tuned end to end);
+- ``text``: ``{source: {utt_id: array [T, D]}}`` with ``source`` ``gold`` or ``asr:<backend>``
+  (token vectors, a ``[1, D]`` sentence vector, or token ids for end-to-end training);
+- ``labels``: ``{utt_id: canonical label}``.
+
+:func:`koemo.training.features.load_features` fills them from the feature store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from koemo.errors import BadInputError, KoemoError, UnknownLabelError
+
+STT_PREFIX = "asr:"
+
+
+def parse_text_train(spec: str) -> tuple[str, str | None]:
+    """``gold`` -> (gold, None); ``asr:B`` -> (asr, asr:B); ``cr:B`` or ``cr:asr:B`` -> (cr, asr:B)."""
+    spec = spec.strip()
+    if spec == "gold":
+        return "gold", None
+    if spec.startswith("asr:") and len(spec) > 4:
+        return "asr", spec
+    if spec.startswith("cr:") and len(spec) > 3:
+        rest = spec[3:]
+        return "cr", rest if rest.startswith(STT_PREFIX) else STT_PREFIX + rest
+    raise KoemoError(f"training text must be gold, asr:<backend> or cr:<backend>, got {spec!r}")
+
+
+def transcribe_hint(source: str) -> str:
+    """The command that makes the ``asr:<backend>[@<noise>-<snr>db[-seed<N>]]`` transcripts."""
+    import re
+
+    backend = source[len(STT_PREFIX):] if source.startswith(STT_PREFIX) else source
+    extra = ""
+    if "@" in backend:
+        backend, cond = backend.split("@", 1)
+        m = re.fullmatch(r"(\w+)-(-?[\d.]+)db(?:-seed(\d+))?", cond)
+        if m:
+            extra = f" --noise {m.group(1)} --snr {m.group(2)}" + (f" --seed {m.group(3)}" if m.group(3) else "")
+    return f"koemo transcribe --backend {backend}{extra}"
+
+
+class FeatureData:
+    """Audio/text arrays and labels; :meth:`check` validates, :meth:`batch` pads."""
+
+    def __init__(self, audio: Mapping[str, np.ndarray], text: Mapping[str, Mapping[str, np.ndarray]],
+                 labels: Mapping[str, str], label_list: Sequence[str]):
+        self.audio = audio
+        self.text = dict(text)
+        self.labels = labels
+        self.label_list = list(label_list)
+        self.label_index = {label: i for i, label in enumerate(self.label_list)}
+        self._checked: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------ checks
+    def check(self, ids: Sequence[str], sources: Iterable[str], split: str) -> None:
+        """Refuse an empty split, unknown labels, missing features or text, NaN/inf values."""
+        if not ids:
+            raise KoemoError(f"the {split} split is empty; use more data or another split protocol")
+        for uid in ids:
+            label = self.labels.get(uid)
+            if label is None:
+                raise BadInputError(uid, f"utterance in the {split} split has no label")
+            if label not in self.label_index:
+                raise UnknownLabelError(
+                    uid, f"label {label!r} is not in the recipe's label set ({', '.join(self.label_list)})"
+                )
+            self._check_array(uid, "audio", self.audio, "speech features")
+            for source in sources:
+                if source not in self.text:
+                    raise KoemoError(f"no '{source}' text features were given to the trainer")
+                what = f"'{source}' text features"
+                if source.startswith(STT_PREFIX) and uid not in self.text[source]:
+                    raise BadInputError(
+                        uid, f"no '{source}' transcript/features, needed for training on it; "
+                             f"make it with: {transcribe_hint(source)}"
+                    )
+                self._check_array(uid, source, self.text[source], what)
+
+    def _check_array(self, uid: str, key: str, table: Mapping[str, np.ndarray], what: str) -> None:
+        if (uid, key) in self._checked:
+            return
+        if uid not in table:
+            raise BadInputError(uid, f"no {what} for this utterance (run: koemo features)")
+        arr = np.asarray(table[uid])
+        if arr.ndim != 2 and not (arr.ndim == 1 and arr.dtype.kind in "iu"):
+            raise BadInputError(uid, f"{what} have shape {arr.shape}; expected [time, dim]")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = "NaN" if np.isnan(arr).any() else "infinite values"
+            raise BadInputError(uid, f"{what} contain {bad}; re-extract them (koemo features)")
+        self._checked.add((uid, key))
+
+    # ------------------------------------------------------------------ batches
+    def y(self, ids: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([self.label_index[self.labels[u]] for u in ids], dtype=torch.long)
+
+    def batch(self, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """Pad ``[(utt_id, text source), ...]`` into audio/text tensors and boolean masks."""
+        audio, audio_mask = pad([self.audio[u] for u, _ in pairs])
+        text, text_mask = pad([self.text[s][u] for u, s in pairs])
+        return {"audio": audio, "audio_mask": audio_mask, "text": text, "text_mask": text_mask}
+
+    def dims(self, source: str) -> tuple[int, int]:
+        a = np.asarray(next(iter(self.audio.values())))
+        t = np.asarray(next(iter(self.text[source].values())))
+        return int(a.shape[-1]), int(t.shape[-1])
+
+    def data_hash(self, parts: Iterable[tuple[Sequence[str], Iterable[str]]]) -> str:
+        """sha256 of the labels and every array a run reads: ``parts`` are (ids, text sources)."""
+        h = hashlib.sha256()
+        for ids, sources in parts:
+            sources = sorted(set(sources))
+            h.update(f"part {len(ids)} {sources}\n".encode())
+            for uid in sorted(ids):
+                h.update(f"{uid}\t{self.labels.get(uid)}\n".encode())
+                for key, table in [("audio", self.audio)] + [(s, self.text[s]) for s in sources]:
+                    arr = np.ascontiguousarray(np.asarray(table[uid]))
+                    h.update(f"{key}{arr.shape}{arr.dtype}".encode())
+                    h.update(arr.tobytes())
+        return h.hexdigest()
+
+
+def pad(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[T_i, ...]`` arrays into ``[B, T_max, ...]`` with a ``[B, T_max]`` boolean mask.
+
+    Floats become float32, integers (token ids) int64; padding is zero.
+    """
+    arrs = [np.asarray(a) for a in arrays]
+    lengths = [a.shape[0] for a in arrs]
+    t_max = max(max(lengths), 1)
+    first = arrs[0]
+    dtype = np.int64 if first.dtype.kind in "iu" else np.float32
+    out = np.zeros((len(arrs), t_max) + first.shape[1:], dtype=dtype)
+    for i, a in enumerate(arrs):
+        out[i, : a.shape[0]] = a
+    mask = np.arange(t_max)[None, :] < np.asarray(lengths)[:, None]
+    return torch.from_numpy(out), torch.from_numpy(mask)

@@ -1,0 +1,201 @@
+"""The trainer on synthetic features: learning, bundles, seeds, accumulation, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from koemo.errors import BadInputError, KoemoError, UnknownLabelError
+from koemo.training.bundle import load_bundle
+from koemo.training.data import FeatureData, parse_text_train
+from koemo.training.trainer import accumulate_step, predict_proba, train_fold
+from tests.training.synth import LABELS, feature_data, make_data, make_fold, make_recipe
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(a, b, **kw):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **kw)
+
+
+def test_parse_text_train():
+    assert parse_text_train("gold") == ("gold", None)
+    assert parse_text_train("asr:whisper-base") == ("asr", "asr:whisper-base")
+    assert parse_text_train("cr:whisper-base") == ("cr", "asr:whisper-base")
+    assert parse_text_train("cr:asr:vosk-ko@babble-0db") == ("cr", "asr:vosk-ko@babble-0db")
+    with pytest.raises(KoemoError, match="gold, asr:<backend> or cr:<backend>"):
+        parse_text_train("whisper")
+
+
+@pytest.mark.parametrize("fusion", ["shallow", "fusion-transformer", "mult", "audio-only", "text-only"])
+def test_learns_and_writes_a_loadable_bundle(tmp_path, fusion):
+    data, fold = feature_data()
+    recipe = make_recipe(fusion=fusion, epochs=4)  # chance is about 0.25
+    res = train_fold(recipe, fold, data, out_dir=tmp_path / "b", progress=False,
+                     encoders={"speech": {"id": "fake-a", "version": "1"}})
+    assert res.test["gold"]["weighted_f1"] > 0.5
+    assert set(res.test) == {"gold", "asr:fake"}
+    assert len(res.history) == 4 and 1 <= res.best_epoch <= 4
+    files = {p.name for p in (tmp_path / "b").iterdir()}
+    assert {"bundle.json", "config.yaml", "model.safetensors", "predictions"} <= files
+    assert "resume.pt" not in files  # removed once complete
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["complete"] and meta["labels"] == LABELS and meta["model"]["fusion"] == fusion
+    assert meta["encoders"]["speech"]["id"] == "fake-a" and len(meta["data_hash"]) == 64
+    assert meta["metrics"]["valid"]["weighted_f1"] == pytest.approx(res.valid["weighted_f1"])
+    b = load_bundle(tmp_path / "b")
+    p1 = predict_proba(b.model, data, fold.test, "gold")
+    p2 = predict_proba(res.model, data, fold.test, "gold")
+    np.testing.assert_allclose(p1, p2, atol=1e-6)
+    assert (tmp_path / "b" / "predictions" / "gold.jsonl").read_text().count("\n") == len(fold.test)
+    assert not list(tmp_path.glob(".b.*"))  # no temporary directories left behind
+
+
+def test_sentence_vectors_train(tmp_path):
+    data, fold = feature_data(sentence_vectors=True)
+    res = train_fold(make_recipe(fusion="mult", text="cr:fake"), fold, data, progress=False)
+    assert res.test["gold"]["weighted_f1"] > 0.5
+
+
+def test_modes_validate_on_the_service_text():
+    data, fold = feature_data()
+    for text, valid_source in (("gold", "gold"), ("asr:fake", "asr:fake"), ("cr:fake", "asr:fake")):
+        res = train_fold(make_recipe(text=text, epochs=1), fold, data, progress=False)
+        assert res.valid_source == valid_source
+        assert ("train_kl" in res.history[0]) == text.startswith("cr:")
+
+
+def test_seed_changes_initialisation_and_same_seed_reproduces():
+    data, fold = feature_data()
+    r0 = train_fold(make_recipe(seed=0, epochs=0), fold, data, progress=False)
+    r1 = train_fold(make_recipe(seed=1, epochs=0), fold, data, progress=False)
+    w0, w1 = weights(r0.model), weights(r1.model)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+    a = train_fold(make_recipe(seed=3, dropout=0.2), fold, data, progress=False)
+    b = train_fold(make_recipe(seed=3, dropout=0.2), fold, data, progress=False)
+    assert_same(weights(a.model), weights(b.model), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("text", ["gold", "cr:fake"])
+def test_gradient_accumulation_gives_the_full_batch_mean_gradient(text):
+    import torch.nn.functional as F
+
+    from koemo.fusion import build_fusion
+    from koemo.training.losses import ce_sum, cr_sum
+
+    data, fold = feature_data()
+    torch.manual_seed(0)
+    model = build_fusion("mult", 6, 5, 4, hidden=8, heads=2, dropout=0.0)
+    ids = fold.train[:13]  # an odd size: uneven micro-batches
+
+    def loss_fn(mb):
+        y = data.y(mb)
+        if text == "gold":
+            return ce_sum(model(**data.batch([(u, "gold") for u in mb])), y), {}
+        b = data.batch([(u, "gold") for u in mb] + [(u, "asr:fake") for u in mb])
+        logits = model(**b)
+        return cr_sum(logits[: len(mb)], logits[len(mb):], y)
+
+    def grads(accum):
+        model.zero_grad()
+        accumulate_step(model, loss_fn, ids, grad_accum=accum)
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    g1, g4, g20 = grads(1), grads(4), grads(20)  # 20 > 13: some micro-batches are empty
+    assert_same(g1, g4, atol=1e-6, rtol=1e-5)
+    assert_same(g1, g20, atol=1e-6, rtol=1e-5)
+    if text == "gold":  # and it is the plain mean cross-entropy's gradient
+        model.zero_grad()
+        F.cross_entropy(model(**data.batch([(u, "gold") for u in ids])), data.y(ids)).backward()
+        assert_same(g1, {n: p.grad for n, p in model.named_parameters()}, atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_accumulation_trains_like_full_batch():
+    data, fold = feature_data()
+    full = train_fold(make_recipe(batch_size=16, grad_accum=1, epochs=1), fold, data, progress=False)
+    acc = train_fold(make_recipe(batch_size=16, grad_accum=4, epochs=1), fold, data, progress=False)
+    assert_same(weights(full.model), weights(acc.model), atol=1e-4, rtol=1e-3)
+
+
+def test_resume_after_kill_continues_at_the_next_epoch(tmp_path):
+    data, fold = feature_data()
+    recipe = make_recipe(text="cr:fake", dropout=0.1, fusion="fusion-transformer", epochs=3)
+    ref = train_fold(recipe, fold, data, out_dir=tmp_path / "ref", progress=False)
+
+    class Kill(Exception):
+        pass
+
+    def kill_after_first(epoch, info):
+        if epoch == 1:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_fold(recipe, fold, data, out_dir=tmp_path / "run", progress=False, callbacks=[kill_after_first])
+    meta = json.loads((tmp_path / "run" / "bundle.json").read_text())
+    assert meta["complete"] is False and meta["epochs_done"] == 1
+    assert (tmp_path / "run" / "resume.pt").exists()
+
+    seen = []
+    res = train_fold(recipe, fold, data, out_dir=tmp_path / "run", progress=False,
+                     callbacks=[lambda e, info: seen.append(e)])
+    assert seen == [2, 3]
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    assert_same(weights(res.model), weights(ref.model), atol=0, rtol=0)
+    assert res.test == ref.test
+
+    # a different run refuses the old state instead of silently mixing
+    with pytest.raises(KoemoError, match="different run"):
+        with pytest.raises(Kill):
+            train_fold(recipe, fold, data, out_dir=tmp_path / "run2", progress=False, callbacks=[kill_after_first])
+        train_fold(make_recipe(text="cr:fake", dropout=0.1, fusion="fusion-transformer", lr=1e-3), fold, data,
+                   out_dir=tmp_path / "run2", progress=False)
+
+
+def test_early_stopping_and_class_weights():
+    data, fold = feature_data()
+    res = train_fold(make_recipe(epochs=6, early_stopping=1, lr=0.0, class_weights=True), fold, data,
+                     progress=False)
+    assert len(res.history) == 2 and res.best_epoch == 1
+
+
+def test_unknown_label_is_refused_with_the_utterance():
+    audio, text, labels = make_data()
+    labels["u020"] = "surprise"
+    data = FeatureData(audio, text, labels, LABELS)
+    with pytest.raises(UnknownLabelError, match=r"u020: label 'surprise' is not in the recipe's label set"):
+        train_fold(make_recipe(), make_fold(labels), data, progress=False)
+
+
+def test_missing_asr_text_names_the_utterance_and_the_command():
+    audio, text, labels = make_data()
+    del text["asr:fake"]["u030"]
+    data = FeatureData(audio, text, labels, LABELS)
+    with pytest.raises(BadInputError, match=r"u030: no 'asr:fake'.*koemo transcribe --backend fake"):
+        train_fold(make_recipe(text="cr:fake"), make_fold(labels), data, progress=False)
+    # gold training does not need it for training; the source is then not reported on test
+    fold = make_fold(labels)
+    res = train_fold(make_recipe(text="gold", epochs=1), fold, data, progress=False)
+    assert "u030" not in fold.test and "asr:fake" in res.test
+
+
+def test_nan_features_are_refused_with_the_utterance():
+    audio, text, labels = make_data()
+    audio["u040"] = audio["u040"].copy()
+    audio["u040"][1, 2] = np.nan
+    data = FeatureData(audio, text, labels, LABELS)
+    with pytest.raises(BadInputError, match=r"u040: speech features contain NaN"):
+        train_fold(make_recipe(), make_fold(labels), data, progress=False)
+
+
+def test_empty_split_is_refused():
+    data, fold = feature_data()
+    fold.valid = []
+    with pytest.raises(KoemoError, match="validation split is empty"):
+        train_fold(make_recipe(), fold, data, progress=False)
