@@ -6,6 +6,7 @@ The same encoder and fusion code that training uses runs here; nothing is re-imp
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,6 +15,8 @@ import numpy as np
 from koemo.errors import KoemoError
 from koemo.serving.limits import Limits
 from koemo.serving.predictor import Predictor, default_bundle_dir
+
+log = logging.getLogger("koemo")
 
 
 def fusion_classifier(model, contribution: bool = True):
@@ -89,8 +92,32 @@ def _safe_id(encoder) -> str:
         return ""
 
 
+_ASR: dict[str, Any] = {}
+
+
+def get_asr(name: str):
+    """An ASR backend by name, built once per process (the models load in the constructor)."""
+    from koemo.asr import make_backend
+
+    if name not in _ASR:
+        _ASR[name] = make_backend(name)
+    return _ASR[name]
+
+
+def bundle_asr(meta: dict[str, Any], config: dict[str, Any]) -> str:
+    """The recogniser a bundle expects in service: its validation text source's backend
+    (``asr:whisper-base@babble-0db`` -> ``whisper-base``), else the recipe's ``asr.backend``."""
+    for source in (meta.get("valid_source"), (config.get("eval") or {}).get("text")):
+        if isinstance(source, str) and source.startswith("asr:"):
+            return source[4:].split("@", 1)[0]
+    return (config.get("asr") or {}).get("backend") or "whisper-base"
+
+
 def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: Limits) -> Predictor:
     """Load the model bundle at ``path`` (default: :func:`default_bundle_dir`) with its encoders."""
+    from koemo.encoders import get_speech_encoder, get_text_encoder
+    from koemo.training.bundle import load_bundle
+
     explicit = path is not None
     path = Path(path).expanduser() if explicit else default_bundle_dir()
     if not path.exists():
@@ -102,4 +129,27 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
         )
     if not path.is_dir():
         raise KoemoError(f"{path}: not a model bundle (a bundle is a directory)")
-    raise KoemoError(f"{path}: loading model bundles is not available yet (koemo.training bundles pending)")
+    bundle = load_bundle(path)
+    meta, config = bundle.meta, bundle.config or {}
+    if not meta.get("complete", True):
+        log.warning("%s: training did not finish; serving the best epoch so far", path)
+    enc = config.get("encoders") or {}
+    speech = get_speech_encoder(enc.get("speech", "whisper-base-encoder"), layer=enc.get("speech_layer"))
+    text = get_text_encoder(enc.get("text", "embeddinggemma-300m"))
+    for kind, encoder in (("speech", speech), ("text", text)):
+        recorded = (meta.get("encoders") or {}).get(kind)
+        recorded_id = recorded.get("id") if isinstance(recorded, dict) else recorded
+        if recorded_id and recorded_id != _safe_id(encoder):
+            log.warning("%s: trained with %s encoder %s, the installed one is %s", path, kind, recorded_id, _safe_id(encoder))
+    asr_name = asr or bundle_asr(meta, config)
+    info = {
+        "bundle": str(path),
+        "fusion": (meta.get("model") or {}).get("fusion", ""),
+        "text_train": meta.get("text_train"),
+        "trained_with": {"koemo_version": meta.get("koemo_version"), "split": meta.get("split"),
+                         "best_epoch": meta.get("best_epoch"),
+                         "valid_weighted_f1": ((meta.get("metrics") or {}).get("valid") or {}).get("weighted_f1")},
+    }
+    return predictor_from_parts(
+        bundle.labels, get_asr(asr_name), speech, text, bundle.model, info=info, limits=limits
+    )
