@@ -92,9 +92,12 @@ class FeatureData:
         if (uid, key) in self._checked:
             return
         if uid not in table:
-            raise BadInputError(uid, f"no {what} for this utterance (run: koemo features)")
+            raise BadInputError(uid, f"no {what} for this utterance (run: koemo features extract)")
+        if isinstance(table[uid], str):  # raw text for end-to-end training
+            self._checked.add((uid, key))
+            return
         arr = np.asarray(table[uid])
-        if arr.ndim != 2 and not (arr.ndim == 1 and arr.dtype.kind in "iu"):
+        if arr.ndim not in (1, 2):  # [time, dim] features, or a waveform / token ids [time]
             raise BadInputError(uid, f"{what} have shape {arr.shape}; expected [time, dim]")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             bad = "NaN" if np.isnan(arr).any() else "infinite values"
@@ -108,7 +111,10 @@ class FeatureData:
     def batch(self, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
         """Pad ``[(utt_id, text source), ...]`` into audio/text tensors and boolean masks."""
         audio, audio_mask = pad([self.audio[u] for u, _ in pairs])
-        text, text_mask = pad([self.text[s][u] for u, s in pairs])
+        texts = [self.text[s][u] for u, s in pairs]
+        if texts and isinstance(texts[0], str):  # raw strings for a fine-tuned text encoder
+            return {"audio": audio, "audio_mask": audio_mask, "text": texts, "text_mask": None}
+        text, text_mask = pad(texts)
         return {"audio": audio, "audio_mask": audio_mask, "text": text, "text_mask": text_mask}
 
     def dims(self, source: str) -> tuple[int, int]:
@@ -125,6 +131,9 @@ class FeatureData:
             for uid in sorted(ids):
                 h.update(f"{uid}\t{self.labels.get(uid)}\n".encode())
                 for key, table in [("audio", self.audio)] + [(s, self.text[s]) for s in sources]:
+                    if isinstance(table[uid], str):
+                        h.update(f"{key}:{table[uid]}\n".encode())
+                        continue
                     arr = np.ascontiguousarray(np.asarray(table[uid]))
                     h.update(f"{key}{arr.shape}{arr.dtype}".encode())
                     h.update(arr.tobytes())

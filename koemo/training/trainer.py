@@ -53,6 +53,10 @@ EpochCallback = Callable[[int, dict], None]
 # distributed
 
 
+def to_device(batch: dict, device: str) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
 def dist_info() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -99,8 +103,7 @@ def predict_proba(model: nn.Module, data: FeatureData, ids: Sequence[str], sourc
     model.eval()
     out = []
     for i in range(0, len(ids), batch_size):
-        b = data.batch([(u, source) for u in ids[i:i + batch_size]])
-        b = {k: v.to(device) for k, v in b.items()}
+        b = to_device(data.batch([(u, source) for u in ids[i:i + batch_size]]), device)
         out.append(torch.softmax(model(**b).float(), dim=-1).cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, len(data.label_list)))
@@ -270,10 +273,10 @@ def train_fold(
         y = data.y(ids).to(device)
         if mode == "cr":
             b = data.batch([(u, "gold") for u in ids] + [(u, stt) for u in ids])
-            logits = net(**{k: v.to(device) for k, v in b.items()})
+            logits = net(**to_device(b, device))
             return cr_sum(logits[: len(ids)], logits[len(ids):], y, variant, cw)
         b = data.batch([(u, train_sources[0]) for u in ids])
-        loss = ce_sum(net(**{k: v.to(device) for k, v in b.items()}), y, cw)
+        loss = ce_sum(net(**to_device(b, device)), y, cw)
         return loss, {"ce": float(loss.detach())}
 
     meta_base = {
