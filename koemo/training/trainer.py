@@ -321,7 +321,7 @@ def train_fold(
                 sums[key] = sums.get(key, 0.0) + v
             optim.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / max(1, (s + 1) * tc.batch_size / world):.3f}")
+            bar.set_postfix(loss=f"{sums['loss'] * world / max(1, (s + 1) * tc.batch_size):.3f}")
         bar.close()
         probs = predict_proba(model, data, fold.valid, valid_source, tc.batch_size, device)
         pred = [labels[i] for i in probs.argmax(1)]
@@ -331,12 +331,19 @@ def train_fold(
             best = {"f1": valid["weighted_f1"], "epoch": epoch + 1, "state": _state_copy(model), "bad": 0}
         else:
             best["bad"] += 1
-        n_local = max(1, len(fold.train) / world)
-        info = {"epoch": epoch + 1, "train_loss": sums["loss"] / n_local,
-                "train_ce": sums["ce"] / n_local, "valid_weighted_f1": valid["weighted_f1"],
+        keys = sorted(sums)
+        if world > 1:  # every process saw its own share of the examples: add them up
+            import torch.distributed as dist
+
+            t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+            dist.all_reduce(t)
+            sums = dict(zip(keys, t.tolist()))
+        n = max(1, len(fold.train))
+        info = {"epoch": epoch + 1, "train_loss": sums["loss"] / n,
+                "train_ce": sums["ce"] / n, "valid_weighted_f1": valid["weighted_f1"],
                 "valid_accuracy": valid["accuracy"], "seconds": round(time.perf_counter() - t0, 3)}
         if mode == "cr":
-            info["train_kl"] = sums["kl"] / n_local
+            info["train_kl"] = sums["kl"] / n
         history.append(info)
         log.info("%s epoch %d/%d: train loss %.4f, valid weighted F1 %.4f%s (%.1f s)", fold.name, epoch + 1,
                  tc.epochs, info["train_loss"], valid["weighted_f1"], " (best)" if improved else "",
