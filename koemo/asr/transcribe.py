@@ -93,7 +93,7 @@ def transcribe_utterances(
     report = TranscribeReport(source=text_source(backend, noise, snr, seed))
     recogniser = make_backend(backend, **options)  # fails fast: unknown name, model not installed
     own_cache = cache is None
-    cache = cache or TranscriptCache()
+    cache = TranscriptCache() if cache is None else cache
     try:
         audio_keys: dict[str, str] = {}
         for utt in utts:
