@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: install models demo test clean
-MODELS := whisper-base vosk-ko embeddinggemma-300m
+MODELS := whisper-base vosk-ko embeddinggemma-300m e5-small
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

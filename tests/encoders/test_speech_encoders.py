@@ -1,0 +1,110 @@
+"""Speech encoders: documented shapes on real audio, CT2 vs PyTorch Whisper, tiny hub-class models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from koemo.data.audio import load_audio
+from koemo.encoders import get_speech_encoder
+from koemo.errors import BadInputError, KoemoError
+from tests.conftest import tone
+
+
+@pytest.fixture(scope="module")
+def clip(emotiontts_utts):
+    u = emotiontts_utts[0]
+    return load_audio(u.audio)[: 16000 * 2]  # 2 s of real speech
+
+
+def test_mfcc_shape_and_short_audio(clip):
+    enc = get_speech_encoder("mfcc")
+    out = enc.encode(clip)
+    assert out.shape == (1 + len(clip) // 160, 120)
+    assert enc.frame_rate == 100 and not enc.finetunable
+    assert enc.encode(np.zeros(5, np.float32)).shape == (1 + 400 // 160, 120)  # padded to one window
+    assert np.isfinite(enc.encode(np.zeros(16000, np.float32))).all()  # digital silence: no -inf
+    assert "n_mfcc=40" in enc.id
+
+
+def test_nan_audio_is_a_one_line_error():
+    enc = get_speech_encoder("mfcc")
+    bad = tone(0.5)
+    bad[10] = np.nan
+    with pytest.raises(BadInputError, match="utt1: audio contains NaN"):
+        enc.encode(bad, where="utt1")
+
+
+def test_ct2_and_torch_whisper_agree(require_model, clip):
+    require_model("whisper-base")
+    ct2 = get_speech_encoder("whisper-base-encoder")
+    pt = get_speech_encoder("whisper-base-encoder", backend="torch")
+    a, b = ct2.encode(clip), pt.encode(clip)
+    assert a.shape == b.shape == (math.ceil(len(clip) / 320), 512)
+    diff = float(np.abs(a - b).max())
+    print(f"\nCT2 vs PyTorch whisper-base encoder, {len(clip) / 16000:.1f} s clip: max abs diff {diff:.2e}"
+          f" (outputs up to {np.abs(a).max():.1f})")
+    assert diff < 2e-3
+    assert ct2.id != pt.id and "model=" in ct2.id and "layer=last" in ct2.id
+    assert ct2.encode(clip[:10]).shape == (1, 512)  # shorter than one frame
+
+
+def test_whisper_layer_choice_and_windows(require_model):
+    require_model("whisper-base")
+    from koemo.encoders.whisper import log_mel_windows
+
+    enc = get_speech_encoder("whisper-base-encoder", layer=1)
+    assert enc.backend == "torch" and "layer=1" in enc.id
+    out = enc.encode(tone(0.5))
+    assert out.shape == (25, 512)
+    mels, keep = log_mel_windows(np.zeros(31 * 16000, np.float32))  # > 30 s: two windows
+    assert mels.shape == (2, 80, 3000) and keep == [1500, 50]
+    with pytest.raises(KoemoError, match="last layer only"):
+        type(enc)(layer=2, backend="ct2")
+
+
+def test_ct2_model_bin_reader(require_model):
+    from koemo.encoders.ct2bin import read_ct2_variables
+
+    v, info = read_ct2_variables(require_model("whisper-base") / "model.bin", prefix="encoder/")
+    assert info["spec"] == "WhisperSpec"
+    assert v["encoder/layer_0/self_attention/linear_0/weight"].shape == (1536, 512)  # fused q/k/v
+    assert info["dtypes"]["encoder/conv1/weight"] == "float16"
+    assert not any(k.startswith("decoder/") for k in v)
+
+
+def test_whisper_torch_module_trains(require_model):
+    import torch
+
+    require_model("whisper-base")
+    module = get_speech_encoder("whisper-base-encoder", layer=1).torch_module()
+    waves = torch.from_numpy(np.stack([tone(1.0), np.pad(tone(0.4), (0, 9600))]))
+    frames, lengths = module(waves, torch.tensor([16000, 6400]))
+    assert frames.shape == (2, 50, 512) and lengths.tolist() == [50, 20]
+    frames[0].sum().backward()
+    assert module.encoder.conv1.weight.grad is not None
+
+
+def test_hf_speech_tiny_models(tiny_speech_dir):
+    import torch
+
+    enc = get_speech_encoder(f"hf-speech:{tiny_speech_dir}")
+    assert enc.dim == 32 and enc.frame_rate == 50 and enc.finetunable
+    out = enc.encode(tone(1.0))
+    assert out.shape == (49, 32)  # 16000 samples through the conv stack
+    assert enc.encode(np.zeros(50, np.float32) + 0.01).shape[0] >= 1  # shorter than the receptive field
+    first = get_speech_encoder(f"hf-speech:{tiny_speech_dir}", layer=0)
+    assert "layer=0" in first.id and not np.allclose(first.encode(tone(1.0)), out)
+    module = enc.torch_module()
+    frames, lengths = module(torch.from_numpy(np.stack([tone(1.0), tone(1.0)])), torch.tensor([16000, 8000]))
+    assert frames.shape == (2, 49, 32) and lengths.tolist() == [49, 24]
+    frames.sum().backward()
+
+
+def test_hf_hub_name_is_never_downloaded(monkeypatch, tmp_path):
+    monkeypatch.delenv("KOEMO_HF_DOWNLOAD", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(KoemoError, match="KOEMO_HF_DOWNLOAD=1"):
+        get_speech_encoder("hf-speech:facebook/wav2vec2-base")
