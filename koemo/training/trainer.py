@@ -124,6 +124,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     model: nn.Module | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    predictions: dict[str, list] = field(default_factory=dict)  # test, per source (Prediction)
 
 
 def accumulate_step(net: nn.Module, loss_fn: Callable[[Sequence[str]], tuple[torch.Tensor, dict]],
@@ -387,7 +388,8 @@ def train_fold(
             "history": history, "metrics": {"valid": valid, "test": test}}
     if out is not None and rank == 0:
         write_bundle(out, meta, cfg_dict, best["state"], None, predictions)
-    return TrainResult(out, best["epoch"], len(history), valid_source, valid, test, history, model, meta)
+    return TrainResult(out, best["epoch"], len(history), valid_source, valid, test, history, model, meta,
+                       predictions)
 
 
 def _fusion_of(model: nn.Module) -> nn.Module:

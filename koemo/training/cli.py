@@ -1,0 +1,68 @@
+"""``koemo train``: train a fusion model on a recipe's split (every fold, or one)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from koemo.cliutil import DataDirOpt, JsonOpt, RecipeOpt, SetOpt, print_json, recipe_from
+
+
+def train(
+    recipe: str = RecipeOpt,
+    fusion: Optional[str] = typer.Option(None, "--fusion", "-f",
+                                         help="shallow | fusion-transformer | mult | audio-only | text-only (default: model.fusion)."),
+    text_train: Optional[str] = typer.Option(None, "--text-train", "-t",
+                                             help="gold | asr:BACKEND | cr:BACKEND (default: train.text)."),
+    fold: Optional[list[int]] = typer.Option(None, "--fold", help="Fold index (repeatable; default: every fold)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split AND the training (split.seed, train.seed)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default: <cache>/runs/...); one bundle per fold inside."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override train.epochs."),
+    finetune: bool = typer.Option(False, "--finetune", help="Fine-tune the encoders end to end (slow on CPU)."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if OUT holds an interrupted run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    overrides: Optional[list[str]] = SetOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    json_: bool = JsonOpt,
+) -> None:
+    """Train on the recipe's features, pick the best epoch on validation (weighted F1), test.
+
+    Several processes (GPUs): torchrun --nproc_per_node N $(which koemo) train ...
+    """
+    from koemo.training.run import train_recipe
+    from koemo.training.trainer import dist_info
+
+    cfg = recipe_from(recipe, overrides)
+    if fusion:
+        cfg.model.fusion = fusion
+    if text_train:
+        cfg.train.text = text_train
+    if seed is not None:
+        cfg.split.seed = seed
+        cfg.train.seed = seed
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    if finetune:
+        cfg.encoders.finetune = True
+    from koemo.fusion import FUSIONS
+
+    FUSIONS.get(cfg.model.fusion)  # fail before any work on a wrong name
+    summary = train_recipe(cfg, folds=fold, out=out, data_dir=data_dir, progress=not quiet, resume=not no_resume)
+    if dist_info()[0] != 0:
+        return
+    if json_:
+        print_json(summary.to_dict())
+        return
+    typer.echo(f"{cfg.model.fusion}, trained on {cfg.train.text}, {cfg.split.protocol} seed {cfg.split.seed}: {summary.out}")
+    for name, r in summary.folds:
+        tests = ", ".join(f"{s} {m['weighted_f1']:.4f}" for s, m in r.test.items())
+        typer.echo(f"  {name}: best epoch {r.best_epoch}, valid weighted F1 {r.valid['weighted_f1']:.4f} "
+                   f"({r.valid_source}); test weighted F1 {tests}")
+    for source, m in summary.pooled_test.items():
+        typer.echo(f"pooled test ({m['n']} clips, {source}): weighted F1 {m['weighted_f1']:.4f}, "
+                   f"accuracy {m['accuracy']:.4f}")
+
+
+def register(root: typer.Typer) -> None:
+    root.command("train")(train)

@@ -1,0 +1,137 @@
+"""What ``koemo train`` does: manifest -> split -> features -> :func:`train_fold` per fold."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from koemo.config import Recipe, to_dict
+from koemo.data.labels import resolve_label_set
+from koemo.errors import KoemoError, UnknownLabelError
+from koemo.paths import atomic_write_text, cache_root
+from koemo.training.data import FeatureData, parse_text_train
+from koemo.training.trainer import TrainResult, init_distributed, train_fold
+
+log = logging.getLogger("koemo")
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", s)
+
+
+def default_out(recipe: Recipe) -> Path:
+    """``<cache>/runs/<recipe>/<fusion>/<text>/<protocol>[-kK]/seed<S>``; folds are subdirectories."""
+    sp = recipe.split
+    protocol = sp.protocol + ("" if sp.protocol == "stratified" else f"-k{sp.folds}")
+    return (cache_root(recipe.cache_dir) / "runs" / _slug(recipe.name) / _slug(recipe.model.fusion)
+            / _slug(recipe.train.text) / protocol / f"seed{sp.seed}")
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    folds: list[tuple[str, TrainResult]]
+    pooled_test: dict[str, dict[str, float]]  # test metrics over all trained folds' predictions
+
+    def to_dict(self) -> dict:
+        return {
+            "out": str(self.out),
+            "folds": {name: {"best_epoch": r.best_epoch, "valid_source": r.valid_source,
+                             "valid_weighted_f1": r.valid["weighted_f1"],
+                             "test": {s: m["weighted_f1"] for s, m in r.test.items()}}
+                      for name, r in self.folds},
+            "pooled_test": self.pooled_test,
+        }
+
+
+def train_recipe(
+    recipe: Recipe, *, folds: Sequence[int] | None = None, out: str | Path | None = None,
+    data_dir: str | None = None, progress: bool = True, resume: bool = True,
+) -> RunSummary:
+    """Train the recipe's fusion model on the chosen folds (default: all) of its split."""
+    from koemo.data.prepare import load_or_prepare
+    from koemo.data.prepare import split as make_split
+
+    rank, world, device = init_distributed(recipe.train.device)
+    recipe.train.device = device
+    mode, stt = parse_text_train(recipe.train.text)
+    labels = list(resolve_label_set(recipe.data.label_set))
+    manifest, utts = load_or_prepare(recipe, data_dir)
+    for u in utts:
+        if u.label not in labels:
+            raise UnknownLabelError(
+                u.id, f"label {u.label!r} is not in the recipe's label set ({', '.join(labels)}); "
+                      f"re-run: koemo data prepare (or set data.label_set)")
+    _, fold_list = make_split(recipe, utts, manifest) if rank == 0 else (None, None)
+    if fold_list is None:
+        from koemo.data.splits import make_folds
+
+        s = recipe.split
+        fold_list = make_folds(utts, s.protocol, s.folds, s.seed, s.ratios)
+    chosen = list(range(len(fold_list))) if folds is None else list(folds)
+    for i in chosen:
+        if not 0 <= i < len(fold_list):
+            raise KoemoError(f"--fold {i}: the {recipe.split.protocol} split has folds 0..{len(fold_list) - 1}")
+    needed = {u for i in chosen for f in (fold_list[i],) for u in f.train + f.valid + f.test}
+    sel = [u for u in utts if u.id in needed]
+    sources = ["gold"] + ([stt] if stt else [])
+    eval_text = recipe.eval.text
+    if eval_text and eval_text not in sources and any(eval_text in u.transcripts for u in sel):
+        sources.append(eval_text)
+    if stt and not any(stt in u.transcripts for u in sel):
+        from koemo.training.data import transcribe_hint
+
+        raise KoemoError(f"{manifest}: no utterance has a '{stt}' transcript; run: {transcribe_hint(stt)}")
+    label_of = {u.id: u.label for u in sel}
+
+    if recipe.encoders.finetune:
+        from koemo.training.finetune import raw_inputs
+
+        audio, text = raw_inputs(sel, sources)
+        encoders = None
+    else:
+        from koemo.training.features import load_features
+
+        audio, text, encoders = load_features(recipe, sel, sources, progress=progress and rank == 0)
+    data = FeatureData(audio, text, label_of, labels)
+
+    base = Path(out) if out else default_out(recipe)
+    results: list[tuple[str, TrainResult]] = []
+    for i in chosen:
+        fold = fold_list[i]
+        model = None
+        enc_meta = encoders
+        if recipe.encoders.finetune:
+            import torch
+
+            from koemo.training.finetune import build_end_to_end
+
+            torch.manual_seed(recipe.train.seed)
+            model, enc_meta = build_end_to_end(recipe, len(labels))
+        res = train_fold(recipe, fold, data, model=model, out_dir=base / _slug(fold.name), encoders=enc_meta,
+                         progress=progress, resume=resume)
+        results.append((fold.name, res))
+    pooled = _pooled(results, labels)
+    summary = RunSummary(base, results, pooled)
+    if rank == 0:
+        doc = {"recipe": to_dict(recipe), "manifest": str(manifest), "world_size": world, **summary.to_dict()}
+        atomic_write_text(base / "summary.json", json.dumps(doc, ensure_ascii=False, indent=1))
+    return summary
+
+
+def _pooled(results: list[tuple[str, TrainResult]], labels: list[str]) -> dict:
+    """Metrics over the pooled test predictions of all trained folds (in the cross-validation
+    protocols each clip is tested once per seed, so all folds together cover the data once)."""
+    from koemo.evaluation.metrics import compute_metrics
+
+    sources = set.intersection(*(set(r.predictions) for _, r in results)) if results else set()
+    out = {}
+    for source in sorted(sources):
+        preds = [p for _, r in results for p in r.predictions[source]]
+        out[source] = compute_metrics([p.label for p in preds], [p.pred for p in preds], labels).scalars()
+        out[source]["n"] = len(preds)
+    return out
