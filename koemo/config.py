@@ -96,10 +96,34 @@ class TrainConfig:
     device: str = "cpu"
 
 
+def _list(*items):
+    return field(default_factory=lambda: list(items))
+
+
 @dataclass
 class EvalConfig:
-    text: str = "asr:whisper-base"
+    """What ``koemo evaluate`` tests on and the grid ``koemo reproduce`` runs (see
+    :mod:`koemo.evaluation.reproduce`). Model specs: ``fusion@speech+text``,
+    ``text-only@TEXT``, ``audio-only@SPEECH``, or a bare fusion name (the recipe's encoders)."""
+
+    text: str = "asr:whisper-base"  # the ASR condition of the confusion/Grad-CAM figures
     seeds: int = 5
+    table3: list[str] = _list(
+        "text-only@fasttext-ko", "text-only@embeddinggemma-300m", "audio-only@mfcc",
+        "audio-only@whisper-base-encoder", "shallow@mfcc+fasttext-ko",
+        "shallow@whisper-base-encoder+embeddinggemma-300m",
+        "fusion-transformer@whisper-base-encoder+embeddinggemma-300m",
+        "mult@whisper-base-encoder+embeddinggemma-300m")
+    table4_fusions: list[str] = _list("shallow", "fusion-transformer", "mult")
+    asr_sources: list[str] = _list("asr:whisper-base", "asr:vosk-ko", "asr:whisper-base@babble-5db")
+    snr_backend: str = "whisper-base"
+    snr_noise: str = "babble"
+    snr_values: list[float] = _list(20.0, 10.0, 5.0, 0.0)
+    snr_fusion: str = "shallow"
+    protocols: list[str] = _list("speaker", "stratified")  # compared with split.protocol
+    protocol_models: list[str] = _list(
+        "text-only@embeddinggemma-300m", "audio-only@whisper-base-encoder",
+        "shallow@whisper-base-encoder+embeddinggemma-300m")
 
 
 @dataclass

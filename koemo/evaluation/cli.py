@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from koemo.cliutil import DataDirOpt, JsonOpt, print_json
+from koemo.cliutil import DataDirOpt, JsonOpt, RecipeOpt, SetOpt, print_json, recipe_from
 
 
 def evaluate(
@@ -60,5 +60,32 @@ def evaluate(
     typer.echo(f"written: {out_dir}/metrics.json, confusion.png, predictions.jsonl")
 
 
+def reproduce(
+    recipe: str = RecipeOpt,
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds (each redraws the folds); default eval.seeds."),
+    fast: bool = typer.Option(False, "--fast", help="Reduced grid for a demo: 2 seeds, the main rows, no SNR curve."),
+    out: str = typer.Option("results", "--out", "-o", help="Where results.json, REPORT.md/.html and figures/ go."),
+    gradcam: bool = typer.Option(True, "--gradcam/--no-gradcam", help="Compute the modality-contribution figures."),
+    set_: Optional[list[str]] = SetOpt,
+    data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Run the paper's experiments (Table 3, Table 4, ASR table, SNR curve, protocol comparison) and
+    write the report. Cached and resumable: a re-run only computes what changed."""
+    import shlex
+    import sys
+
+    from koemo.evaluation.reproduce import FAST_OVERRIDES
+    from koemo.evaluation.reproduce import reproduce as run
+
+    overrides = (FAST_OVERRIDES if fast else []) + list(set_ or [])
+    if seeds is not None:
+        overrides.append(f"eval.seeds={seeds}")
+    cfg = recipe_from(recipe, overrides)
+    command = "koemo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    doc = run(cfg, out, data_dir, command=command, gradcam=gradcam)
+    typer.echo(f"report: {Path(out) / 'REPORT.md'} ({doc['meta']['wall_time_s'] / 60:.1f} min)")
+
+
 def register(root: typer.Typer) -> None:
     root.command("evaluate")(evaluate)
+    root.command("reproduce")(reproduce)
