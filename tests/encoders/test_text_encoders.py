@@ -79,3 +79,13 @@ def test_fasttext_train_and_encode(tmp_path):
     assert arrays[0].shape == (len(morphemes(KOREAN[1])), 16)
     assert arrays[1].shape == (1, 16) and not arrays[1].any()
     assert np.isfinite(arrays[0]).all()
+
+
+def test_e5_engine_build_needs_a_compiler(tmp_path, monkeypatch):
+    from koemo.encoders.e5 import compile_engine
+
+    (tmp_path / "e5.c").write_text("int e5_dim(void *m) { return 384; }\n")
+    assert compile_engine(tmp_path).is_file()  # the system C compiler builds a shared library
+    monkeypatch.setenv("CC", "/bin/false")
+    with pytest.raises(KoemoError, match="compiling e5.c failed"):
+        compile_engine(tmp_path)
