@@ -99,8 +99,8 @@ class TextEncoder:
         where = where or [f"text {i}" for i in range(len(texts))]
         out: list[np.ndarray | None] = [None] * len(texts)
         todo = [i for i, t in enumerate(texts) if t.strip()]
-        for i in range(len(texts)):
-            if i not in todo:
+        for i, t in enumerate(texts):
+            if not t.strip():
                 out[i] = np.zeros((1, self.dim), dtype=np.float32)
         self.empty += len(texts) - len(todo)
         if todo:
