@@ -6,8 +6,9 @@ Where predictions come from, in order:
 1. a predictions JSONL given directly (``id, label, pred[, probs, seed, fold]``);
 2. a bundle's stored test predictions for the text source, ``BUNDLE/predictions/<source>.jsonl``
    (the trainer writes them for every test source it was asked for);
-3. otherwise the bundle's fusion model is run on the bundle's test split with features of that
-   text source from the feature store (:func:`predict_bundle`).
+3. otherwise the bundle's fusion model is run on the bundle's test split (re-derived from the
+   split the bundle records) with that text source's features from the feature store
+   (:func:`predict_bundle`).
 
 Outputs (``--out``, default ``<target>/eval/<source>``): ``metrics.json`` (per-seed and aggregated
 metrics), ``predictions.jsonl`` (pooled), ``confusion.png``.
@@ -66,20 +67,44 @@ def bundle_predictions(bundle: Path, source: str) -> list[Prediction] | None:
     return preds
 
 
-def predict_bundle(bundle: Path, source: str, recipe=None, data_dir: str | None = None) -> list[Prediction]:
-    """Run a bundle's model on its own test split with ``source`` text features.
+def predict_bundle(bundle: Path, source: str, data_dir: str | None = None, progress: bool = True
+                   ) -> list[Prediction]:
+    """Run a bundle's model on its own test split with ``source`` text, features read from (or
+    extracted into) the feature store with the encoders the bundle's config names."""
+    from koemo.config import Recipe, load_config
+    from koemo.data.prepare import load_or_prepare
+    from koemo.data.splits import make_folds
+    from koemo.training.bundle import load_bundle
+    from koemo.training.data import FeatureData, transcribe_hint
+    from koemo.training.features import load_features
+    from koemo.training.trainer import predict_proba
 
-    Wired to the training area's feature loading once it exists; until then a bundle is evaluated
-    from the test predictions it stores.
-    """
-    raise KoemoError(
-        f"{bundle}: no stored test predictions for '{source}' "
-        f"(has: {', '.join(sorted(p.stem for p in (bundle / 'predictions').glob('*.jsonl'))) or 'none'}); "
-        f"train with that test source"
-    )
+    b = load_bundle(bundle)
+    cfg = load_config(Recipe, bundle / "config.yaml")
+    _, utts = load_or_prepare(cfg, data_dir)
+    split = b.meta.get("split") or {}
+    folds = make_folds(utts, split.get("protocol", cfg.split.protocol), split.get("folds", cfg.split.folds),
+                       split.get("seed", cfg.split.seed), tuple(cfg.split.ratios))
+    fold = next((f for f in folds if f.name == split.get("fold")), None)
+    if fold is None:
+        raise KoemoError(f"{bundle}: its fold {split.get('fold')!r} is not in the split of the current data")
+    test = set(fold.test)
+    sel = [u for u in utts if u.id in test]
+    lacking = [u.id for u in sel if source != "gold" and source not in u.transcripts]
+    if lacking:
+        raise KoemoError(f"{lacking[0]}: no '{source}' transcript ({len(lacking)} test clips); "
+                         f"run: {transcribe_hint(source)}")
+    audio, text, _ = load_features(cfg, sel, [source], progress=progress)
+    data = FeatureData(audio, text, {u.id: u.label for u in sel}, b.labels)
+    data.check(fold.test, [source], "test")
+    probs = predict_proba(b.model, data, fold.test, source)
+    labels = b.labels
+    return [Prediction(u, data.labels[u], labels[int(probs[i].argmax())], probs[i].tolist(),
+                       int(split.get("seed", 0)), fold.name, {"source": source})
+            for i, u in enumerate(fold.test)]
 
 
-def collect(target: str | Path, source: str | None, recipe=None, data_dir: str | None = None
+def collect(target: str | Path, source: str | None, data_dir: str | None = None
             ) -> tuple[list[Prediction], list[str] | None, str]:
     """Predictions (pooled over every bundle under ``target``), the label list if known, and a
     description of where they came from."""
@@ -101,7 +126,11 @@ def collect(target: str | Path, source: str | None, recipe=None, data_dir: str |
         src = source or meta.get("valid_source") or "gold"
         got = bundle_predictions(b, src)
         if got is None:
-            got = predict_bundle(b, src, recipe, data_dir)
+            if not ((b / "config.yaml").is_file() and (b / "model.safetensors").is_file()):
+                have = sorted(p.stem for p in (b / "predictions").glob("*.jsonl"))
+                raise KoemoError(f"{b}: no stored test predictions for '{src}' (has: {', '.join(have) or 'none'}) "
+                                 "and no config.yaml/model.safetensors to compute them")
+            got = predict_bundle(b, src, data_dir)
         preds += got
     return preds, labels, f"{len(bundles)} bundle(s) under {target}"
 

@@ -329,9 +329,9 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
     labels = list(resolve_label_set(recipe.data.label_set))
     inputs = Inputs(utts, labels)
     _ensure_fasttext(plan, utts, data_dir)
-    from koemo.encoders.store import FeatureStore
+    from koemo.training.features import store_for
 
-    store = FeatureStore()
+    store = store_for(recipe)
     for name in plan.speech_encoders():
         inputs.speech[name] = _complete(store.speech(name, utts, progress=progress), utts, f"speech features {name}")
     for name, sources in sorted(plan.text_needs().items()):
@@ -387,12 +387,13 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
     try:
         for job, tests in sorted(plan.jobs.items(), key=lambda kv: kv[0].slug):
             data = feature_data(job, tests, inputs)
+            enc_meta = _encoder_meta(job.model)
             for seed in plan.seeds:
                 recipe = job_recipe(plan, job, seed)
                 for fold in folds_cache[(job.protocol, seed)]:
                     bar.set_postfix_str(f"{job.slug} seed{seed} {fold.name}"[-60:])
                     out = fold_dir(plan.recipe, job, seed, fold.name)
-                    result = train_fold(recipe, fold, data, out_dir=out, progress=False)
+                    result = train_fold(recipe, fold, data, out_dir=out, encoders=enc_meta, progress=False)
                     for source in tests:
                         preds[(job, source)] += _read_fold_predictions(out, source, seed)
                     if on_fold:
@@ -404,6 +405,21 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
         bar.close()
     log.info("%d folds in %.0f s", total, time.time() - t0)
     return preds
+
+
+def _encoder_meta(model: ModelSpec) -> dict:
+    """Encoder names, ids (version and weights checksum) and dims, for the bundles."""
+    from koemo.encoders import get_speech_encoder, get_text_encoder
+
+    meta: dict[str, Any] = {}
+    if model.speech:
+        e = get_speech_encoder(model.speech)
+        meta["speech"] = {"name": model.speech, "id": e.id, "dim": e.dim, "finetuned": False}
+    if model.text:
+        e = get_text_encoder(model.text)
+        meta["text"] = {"name": model.text, "id": e.id, "dim": e.dim,
+                        "sentence_vector": bool(getattr(e, "sentence_vector", False)), "finetuned": False}
+    return meta
 
 
 def _read_fold_predictions(bundle: Path, source: str, seed: int) -> list:

@@ -196,6 +196,20 @@ def test_reproduce_end_to_end_on_a_tiny_fixture(tiny_recipe, tmp_path):
     assert (out / "REPORT.html").is_file()
     json.loads((out / "results.json").read_text(encoding="utf-8"))
 
+    # koemo evaluate recomputes a bundle's predictions from the feature store when they are not
+    # stored, and gets exactly what the trainer stored
+    from koemo.evaluation.evaluate import bundle_predictions, predict_bundle
+    from koemo.evaluation.reproduce import fold_dir
+
+    bundle = fold_dir(tiny_recipe, Job(parse_model("shallow@band-energy+char-hash"), "gold", "speaker-sentence"),
+                      1, "spk0-sent1")
+    stored = bundle_predictions(bundle, "asr:tone-asr")
+    computed = predict_bundle(bundle, "asr:tone-asr", progress=False)
+    assert [(p.id, p.label, p.pred) for p in computed] == [(p.id, p.label, p.pred) for p in stored]
+    assert np.allclose([p.probs for p in computed], [p.probs for p in stored], atol=1e-5)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["encoders"]["speech"]["id"] == "band-energy|v1"
+
     # a re-run trains nothing: every fold bundle is complete and reused
     import koemo.training.trainer as trainer
 
