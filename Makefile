@@ -26,6 +26,8 @@ demo: install models
 	$(KOEMO) data prepare --recipe emotiontts
 	$(KOEMO) data stats --recipe emotiontts
 	$(KOEMO) data split --recipe emotiontts
+	# transcribe, extract features, a reduced reproduce (2 seeds, main rows) and the report
+	$(KOEMO) reproduce --recipe emotiontts --fast --out results/demo
 
 test: install models
 	$(PY) -m pytest -q -p no:cacheprovider
