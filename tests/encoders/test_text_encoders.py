@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -70,9 +72,15 @@ def test_fasttext_train_and_encode(tmp_path):
 
     with pytest.raises(KoemoError, match="koemo encoders train-fasttext"):
         get_text_encoder("fasttext-ko")
+    from koemo.data.text_corpora import load_text_corpora
+    from koemo.errors import SkipLog
+
     corpus = data_dir() / "korean_emotion_text"
-    out = train_fasttext(corpus, exclude_texts={KOREAN[0]}, vector_size=16, epochs=1, max_sentences=400)
+    held_out = load_text_corpora(corpus, SkipLog())[0].text  # a sentence of the corpus itself
+    out = train_fasttext(corpus, exclude_texts={held_out, KOREAN[0]}, vector_size=16, epochs=1, max_sentences=400)
     assert out == fasttext_dir()
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert meta["excluded_sentences"] >= 1 and meta["sentences"] <= 400
     enc = get_text_encoder("fasttext-ko")
     assert enc.dim == 16 and "dim=16" in enc.id
     arrays = enc.encode([KOREAN[1], ""])
