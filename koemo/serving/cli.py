@@ -26,7 +26,7 @@ def audio_files(target: Path) -> list[Path]:
 
 
 def predict(
-    target: Path = typer.Argument(..., help="An audio file, or a directory of them (searched recursively)."),
+    targets: list[Path] = typer.Argument(..., metavar="FILE_OR_DIR...", help="Audio files, or directories of them (searched recursively)."),
     model: Optional[Path] = ModelOpt,
     asr: Optional[str] = ASROpt,
     json_: bool = typer.Option(False, "--json", help="Print one JSON object per file (JSON lines)."),
@@ -35,14 +35,17 @@ def predict(
     """Transcribe each file, recognise its emotion and print the distribution and the top label."""
     from koemo.data.audio import load_audio
     from koemo.errors import BadInputError, KoemoError, SkipLog
-    from koemo.serving.limits import Limits
+    from koemo.serving.limits import Limits, check_wav_complete
     from koemo.serving.predictor import Predictor
 
-    if not target.exists():
-        raise KoemoError(f"{target}: file or directory not found")
-    files = audio_files(target)
-    if not files:
-        raise KoemoError(f"{target}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) found")
+    files = []
+    for target in targets:
+        if not target.exists():
+            raise KoemoError(f"{target}: file or directory not found")
+        found = audio_files(target)
+        if not found:
+            raise KoemoError(f"{target}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) found")
+        files.extend(found)
     predictor = Predictor.from_bundle(
         model, asr=asr, limits=Limits(max_duration_s=0, segment_over_s=segment_over)
     )
@@ -60,6 +63,8 @@ def predict(
         table.add_column("transcript", overflow="fold")
     for path in files:
         try:
+            if path.suffix.lower() == ".wav" and path.is_file():
+                check_wav_complete(path.read_bytes(), str(path))
             result = predictor.predict(load_audio(path), name=str(path))
         except BadInputError as e:
             skips.skip(e)

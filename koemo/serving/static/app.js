@@ -31,7 +31,7 @@ async function loadModelInfo() {
   try {
     const r = await fetch("/v1/model");
     const m = await r.json();
-    const enc = m.encoders ? Object.entries(m.encoders).map(([k, v]) => `${k}: ${v.id || v}`).join(", ") : "";
+    const enc = m.encoders ? Object.entries(m.encoders).map(([k, v]) => `${k}: ${v.name || v}`).join(", ") : "";
     $("model-info").textContent =
       `labels: ${m.labels.join(", ")}` + (m.asr ? ` · ASR: ${m.asr}` : "") + (enc ? ` · ${enc}` : "") +
       (m.fusion ? ` · fusion: ${m.fusion}` : "");
@@ -43,6 +43,7 @@ async function loadModelInfo() {
 async function send(blob, name) {
   const form = new FormData();
   form.append("file", blob, name);
+  $("chosen").textContent = name;
   $("player").src = URL.createObjectURL(blob);
   $("player").hidden = false;
   status(`Analysing ${name}…`);

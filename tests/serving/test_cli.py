@@ -1,0 +1,73 @@
+"""``koemo predict`` as a user runs it: a subprocess on real clips, and its error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.serving.conftest import LABELS
+
+
+def koemo(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "koemo.cli", *args], capture_output=True, text=True, timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_predict_directory_json_lines_on_real_clips(trained_bundle, serving_utts, tmp_path):
+    """Two real clips and one broken file in a directory: one JSON line per good clip (label
+    among the known ones, probabilities summing to 1), one line naming the broken file."""
+    folder = tmp_path / "calls"
+    folder.mkdir()
+    clips = sorted(serving_utts, key=lambda u: u.duration)[:2]
+    for u in clips:
+        shutil.copy(u.audio, folder / f"{u.id}.wav")
+    (folder / "broken.wav").write_bytes(b"RIFF not really")
+    r = koemo("predict", str(folder), "--model", str(trained_bundle), "--asr", "whisper-base", "--json")
+    assert r.returncode == 1, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [os.path.basename(row["file"]) for row in rows] == sorted(f"{u.id}.wav" for u in clips)
+    for row in rows:
+        assert row["label"] in LABELS
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert row["transcript"]
+        assert row["segments"][0]["start"] == 0.0
+    assert f"{folder / 'broken.wav'}: not readable as audio" in r.stderr
+    assert "2 files kept, 1 skipped" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_predict_without_a_bundle_says_how_to_make_one(tmp_path, write_wav):
+    wav = write_wav("a.wav")
+    r = koemo("predict", str(wav), env={"KOEMO_CACHE": str(tmp_path / "empty-cache")})
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f"error: no trained model at {tmp_path / 'empty-cache' / 'bundles' / 'default'} (the default); "
+        "run `make demo` to train one, or pass --model BUNDLE_DIR"
+    )
+
+
+def test_predict_missing_file_and_bad_bundle(tmp_path):
+    r = koemo("predict", str(tmp_path / "nope.wav"))
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'nope.wav'}: file or directory not found"
+    (tmp_path / "a.wav").write_bytes(b"x")
+    r = koemo("predict", str(tmp_path / "a.wav"), "--model", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {tmp_path}: not a koemo model bundle (no bundle.json); train one with: koemo train"
+    (tmp_path / "empty").mkdir()
+    r = koemo("predict", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "no audio files" in r.stderr
+
+
+def test_serve_help_lists_options():
+    r = koemo("serve", "--help")
+    assert r.returncode == 0
+    for opt in ("--host", "--port", "--model", "--max-upload-mb", "--max-duration", "--workers"):
+        assert opt in r.stdout
