@@ -84,8 +84,13 @@ def transcribe_utterances(
     cache: TranscriptCache | None = None,
     backend_options: dict | None = None,
     progress: bool = True,
+    only: set[str] | None = None,
 ) -> TranscribeReport:
-    """Transcripts for ``utts`` (from the cache where present), keyed by utterance id."""
+    """Transcripts for ``utts`` (from the cache where present), keyed by utterance id.
+
+    ``only`` restricts the work to those ids while all of ``utts`` still form the babble pool, so
+    a subset's transcripts are the very ones (same cache entries) a full run produces.
+    """
     from tqdm import tqdm
 
     options = backend_options or {}
@@ -105,7 +110,7 @@ def transcribe_utterances(
         pool_keys = sorted(f"{u.id}:{audio_keys[u.id]}" for u in usable)
         nkey = noise_key(condition, pool_keys)
         pending = []
-        for utt in usable:
+        for utt in usable if only is None else [u for u in usable if u.id in only]:
             hit = cache.get(audio_keys[utt.id], recogniser.cache_key, nkey)
             if hit is None:
                 pending.append(utt)
@@ -114,7 +119,7 @@ def transcribe_utterances(
                 report.cached += 1
 
         bar = tqdm(
-            total=len(usable), initial=report.cached, desc=report.source, unit="clip",
+            total=len(pending) + report.cached, initial=report.cached, desc=report.source, unit="clip",
             disable=not progress, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30,
         )
         with bar, _results(recogniser, backend, options, condition, usable, pending, jobs) as results:

@@ -120,3 +120,7 @@ def test_two_workers_give_the_same_transcripts(tmp_path, emotiontts_utts):
     one = transcribe_utterances(utts, "whisper-base", "white", 10.0, cache=TranscriptCache(tmp_path / "1.sqlite"), progress=False)
     two = transcribe_utterances(utts, "whisper-base", "white", 10.0, jobs=2, cache=TranscriptCache(tmp_path / "2.sqlite"), progress=False)
     assert one.texts == two.texts and two.computed == 2
+    # A subset draws the same babble/noise as the full run, so it finds the full run's entries.
+    part = transcribe_utterances(utts, "whisper-base", "white", 10.0, cache=TranscriptCache(tmp_path / "1.sqlite"),
+                                 progress=False, only={utts[1].id})
+    assert part.texts == {utts[1].id: one.texts[utts[1].id]} and (part.cached, part.computed) == (1, 0)
