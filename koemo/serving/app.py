@@ -216,7 +216,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
                 body = await _read_body(request, body_limit)
             except _TooLarge as e:
                 raise RejectedAudio(
-                    UPLOAD_NAME, f"request body is {e.args[0] / 1e6:.1f} MB or more; the limit is {limits.max_upload_mb:g} MB", 413
+                    UPLOAD_NAME, f"request body is {e.args[0] / 2**20:.1f} MB or more; the limit is {limits.max_upload_mb:g} MB", 413
                 ) from None
             if ctype == "multipart/form-data":
                 data, name = await _parse_multipart(request, body)
@@ -224,7 +224,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
                 data, name = _parse_json(body)
             else:
                 data, name = body, UPLOAD_NAME
-            if state["queued"] >= limits.max_queue:
+            if limiter.available_tokens < 1 and state["queued"] >= limits.max_queue:
                 return _error(name, f"{state['queued']} requests are waiting; retry later", 503)
             state["queued"] += 1
             waiting = True

@@ -129,6 +129,12 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
         )
     if not path.is_dir():
         raise KoemoError(f"{path}: not a model bundle (a bundle is a directory)")
+    from koemo.training.bundle import read_meta
+
+    if read_meta(path).get("end_to_end"):
+        raise KoemoError(
+            f"{path}: a fine-tuned (end-to-end) bundle; predict/serve load frozen-encoder bundles only so far"
+        )
     bundle = load_bundle(path)
     meta, config = bundle.meta, bundle.config or {}
     if not meta.get("complete", True):

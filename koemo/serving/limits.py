@@ -78,7 +78,7 @@ def decode_audio(data: bytes, where: str, limits: Limits) -> np.ndarray:
     """Uploaded bytes -> 16 kHz mono float32, or :class:`RejectedAudio` saying what is wrong."""
     if len(data) > limits.max_upload_bytes:
         raise RejectedAudio(
-            where, f"upload is {len(data) / 1e6:.1f} MB; the limit is {limits.max_upload_mb:g} MB", 413
+            where, f"upload is {len(data) / 2**20:.1f} MB; the limit is {limits.max_upload_mb:g} MB", 413
         )
     if not data:
         raise RejectedAudio(where, "empty upload (0 bytes)", 422)

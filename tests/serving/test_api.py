@@ -185,3 +185,30 @@ def test_concurrent_requests_over_http(live_server, clip):
     assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
     health = httpx.get(f"{live_server}/v1/health").json()
     assert health == {**health, "status": "ok", "busy": 0, "queued": 0}
+
+
+def test_full_queue_answers_503_and_recovers(predictor, clip):
+    """One worker, no waiting room: a second request while the first runs gets 503 with
+    Retry-After; the first still succeeds and the service takes requests again afterwards."""
+    import threading
+    import time
+    from dataclasses import replace
+
+    from fastapi.testclient import TestClient
+
+    from koemo.serving.app import create_app
+
+    app = create_app(predictor, replace(predictor.limits, workers=1, max_queue=0))
+    with TestClient(app) as c:
+        first = {}
+        t = threading.Thread(target=lambda: first.setdefault("r", c.post("/v1/predict", **_multipart("a.wav", clip.read_bytes()))))
+        t.start()
+        deadline = time.time() + 60
+        while c.get("/v1/health").json()["busy"] == 0 and time.time() < deadline and t.is_alive():
+            time.sleep(0.02)
+        r = c.post("/v1/predict", **_multipart("b.wav", clip.read_bytes()))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"].startswith("b.wav: ")
+        t.join(120)
+        assert first["r"].status_code == 200
+        assert c.post("/v1/predict", **_multipart("bad.wav", b"junk")).status_code == 415
