@@ -113,6 +113,35 @@ def bundle_asr(meta: dict[str, Any], config: dict[str, Any]) -> str:
     return (config.get("asr") or {}).get("backend") or "whisper-base"
 
 
+def resolve_bundle(path: Path) -> Path:
+    """``path`` if it is a bundle; for a training run directory (``koemo train --out``, one bundle
+    per fold) the complete bundle with the best validation weighted F1 (ties: the first by name)."""
+    from koemo.training.bundle import META, read_meta
+
+    if (path / META).is_file():
+        return path
+    candidates = sorted(p.parent for p in path.rglob(META)
+                        if not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not candidates:
+        raise KoemoError(f"{path}: not a koemo model bundle (no {META}) and no bundles inside; "
+                         "train one with: koemo train")
+
+    def valid_f1(bundle: Path) -> float:
+        meta = read_meta(bundle)
+        f1 = ((meta.get("metrics") or {}).get("valid") or {}).get("weighted_f1")
+        usable = meta.get("complete") and not meta.get("end_to_end") and isinstance(f1, (int, float))
+        return float(f1) if usable and f1 == f1 else float("-inf")
+
+    scored = [(valid_f1(b), b) for b in candidates]
+    best_f1, best = max(scored, key=lambda x: x[0])  # max keeps the first of equals
+    if best_f1 == float("-inf"):
+        raise KoemoError(f"{path}: none of its {len(candidates)} bundles is complete")
+    if len(candidates) > 1:
+        log.info("%s: using %s (best validation weighted F1 %.3f of %d bundles)",
+                 path, best.relative_to(path), best_f1, len(candidates))
+    return best
+
+
 def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: Limits) -> Predictor:
     """Load the model bundle at ``path`` (default: :func:`default_bundle_dir`) with its encoders."""
     from koemo.encoders import get_speech_encoder, get_text_encoder
@@ -129,6 +158,7 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
         )
     if not path.is_dir():
         raise KoemoError(f"{path}: not a model bundle (a bundle is a directory)")
+    path = resolve_bundle(path)
     from koemo.training.bundle import read_meta
 
     if read_meta(path).get("end_to_end"):

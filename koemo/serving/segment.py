@@ -60,7 +60,11 @@ def _vad_model():
     """The bundled silero-vad JIT model (``silero_vad/data/silero_vad.jit``), loaded once."""
     global _model
     if _model is None:
-        model = _silero().load_silero_vad(onnx=False)
+        import warnings
+
+        with warnings.catch_warnings():  # the package's own importlib/jit deprecation notices
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = _silero().load_silero_vad(onnx=False)
         model.eval()
         _model = model
     return _model

@@ -60,7 +60,8 @@ def test_predict_missing_file_and_bad_bundle(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"x")
     r = koemo("predict", str(tmp_path / "a.wav"), "--model", str(tmp_path))
     assert r.returncode == 2
-    assert r.stderr.strip() == f"error: {tmp_path}: not a koemo model bundle (no bundle.json); train one with: koemo train"
+    assert r.stderr.strip() == (f"error: {tmp_path}: not a koemo model bundle (no bundle.json) and no bundles inside; "
+                                "train one with: koemo train")
     (tmp_path / "empty").mkdir()
     r = koemo("predict", str(tmp_path / "empty"))
     assert r.returncode == 2 and "no audio files" in r.stderr
@@ -71,3 +72,21 @@ def test_serve_help_lists_options():
     assert r.returncode == 0
     for opt in ("--host", "--port", "--model", "--max-upload-mb", "--max-duration", "--workers"):
         assert opt in r.stdout
+
+
+def test_run_directory_resolves_to_its_best_fold(trained_bundle, tmp_path):
+    """``--model`` may name a ``koemo train --out`` run: the fold with the best validation F1."""
+    from koemo.errors import KoemoError
+    from koemo.serving.bundle import resolve_bundle
+
+    run = tmp_path / "run"
+    for name, f1 in (("fold-a", 0.4), ("fold-b", 0.7), ("fold-c", 0.7)):
+        shutil.copytree(trained_bundle, run / name)
+        meta = json.loads((run / name / "bundle.json").read_text())
+        meta["metrics"]["valid"]["weighted_f1"] = f1
+        (run / name / "bundle.json").write_text(json.dumps(meta))
+    assert resolve_bundle(run) == run / "fold-b"
+    assert resolve_bundle(run / "fold-a") == run / "fold-a"
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(KoemoError, match="no bundles inside"):
+        resolve_bundle(tmp_path / "nothing")
