@@ -5,7 +5,7 @@
     python benchmarks/bench_encoders.py --speech mfcc --text e5-small --clips 3
 
 Speech: seconds of compute per second of audio (real-time factor; lower is faster), model load
-excluded (reported apart). Text: sentences per second, encoding the 25 distinct EmotionTTS
+excluded (reported apart). Text: sentences per second, encoding the 30 distinct EmotionTTS
 sentences in one call (batched where the encoder batches). ``--fill`` times
 ``FeatureStore.speech`` + ``FeatureStore.text`` from empty for every clip, with gold text plus the
 whisper-base transcripts when the default-cache manifest has them (it says which). Prints a

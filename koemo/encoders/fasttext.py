@@ -1,9 +1,9 @@
 """``fasttext-ko``: the paper's FastText baseline, trained here on Korean emotion text.
 
 The paper used Korean Wikipedia FastText vectors; none can be downloaded here, so koemo trains
-FastText (gensim, skip-gram, character n-grams 2-5, so unseen words still get vectors) on the
-sentences of ``../shared/data/korean_emotion_text`` split into morphemes by kiwipiepy, with the
-evaluation dataset's sentences left out::
+FastText (gensim, skip-gram, 300 dims, character n-grams 2-5 hashed into 200k buckets, so unseen
+words still get vectors) on the sentences of ``../shared/data/korean_emotion_text`` split into
+morphemes by kiwipiepy, with the evaluation dataset's sentences left out::
 
     koemo encoders train-fasttext --recipe emotiontts
 
@@ -77,6 +77,7 @@ def train_fasttext(
     seed: int = 0,
     workers: int = 1,
     force: bool = False,
+    bucket: int = 200_000,
 ) -> Path:
     """Train FastText on the Korean text corpora and install it atomically at ``out``."""
     from gensim.models import FastText
@@ -107,8 +108,10 @@ def train_fasttext(
     log.info("%s: %d sentences, %d morphemes, tokenised in %.0f s", NAME, len(sentences),
              sum(map(len, sentences)), time.time() - t0)
     t1 = time.time()
+    # 200k n-gram buckets (gensim's default 2M would make a 2.4 GB file for a 12k-word vocabulary)
+    logging.getLogger("gensim").setLevel(logging.WARNING)
     model = FastText(vector_size=vector_size, window=5, min_count=min_count, sg=1, min_n=2, max_n=5,
-                     seed=seed, workers=workers, epochs=epochs)
+                     bucket=bucket, seed=seed, workers=workers, epochs=epochs)
     model.build_vocab(corpus_iterable=sentences)
     model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=epochs)
     log.info("%s: trained in %.0f s (%d words in the vocabulary)", NAME, time.time() - t1, len(model.wv))
@@ -120,7 +123,7 @@ def train_fasttext(
 
         meta = {
             "name": NAME, "vector_size": vector_size, "epochs": epochs, "min_count": min_count,
-            "window": 5, "sg": 1, "min_n": 2, "max_n": 5, "seed": seed,
+            "window": 5, "sg": 1, "min_n": 2, "max_n": 5, "bucket": bucket, "seed": seed,
             "sentences": len(sentences), "corpus_sentences": total,
             "excluded_sentences": total - len(examples) if exclude_texts else 0,
             "vocabulary": len(model.wv), "kiwipiepy": kiwipiepy.__version__,
