@@ -212,3 +212,12 @@ def test_full_queue_answers_503_and_recovers(predictor, clip):
         t.join(120)
         assert first["r"].status_code == 200
         assert c.post("/v1/predict", **_multipart("bad.wav", b"junk")).status_code == 415
+
+
+def test_long_noise_without_speech_is_refused(client):
+    """20 s of hiss is over the segmentation threshold and VAD finds no utterance in it."""
+    rng = np.random.default_rng(0)
+    hiss = (0.01 * rng.standard_normal(20 * 16000)).astype(np.float32)
+    r = client.post("/v1/predict", **_multipart("hiss.wav", wav_bytes(hiss)))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "hiss.wav: no speech found in 20.0 s of audio"

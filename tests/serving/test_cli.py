@@ -90,3 +90,38 @@ def test_run_directory_resolves_to_its_best_fold(trained_bundle, tmp_path):
     (tmp_path / "nothing").mkdir()
     with pytest.raises(KoemoError, match="no bundles inside"):
         resolve_bundle(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_koemo_serve_starts_and_answers(trained_bundle):
+    """``koemo serve`` as a process: health, model description, a clear error for junk."""
+    import httpx
+
+    from tests.serving.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "koemo.cli", "serve", "--port", str(port), "--model", str(trained_bundle),
+         "--asr", "whisper-base", "--max-duration", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            import time
+
+            time.sleep(0.25)
+        model = httpx.get(f"{url}/v1/model").json()
+        assert model["labels"] == list(LABELS) and model["limits"]["max_duration_s"] == 60
+        assert model["bundle"] == str(trained_bundle)
+        r = httpx.post(f"{url}/v1/predict", content=b"junk", headers={"content-type": "audio/wav"})
+        assert r.status_code == 415 and r.json()["file"] == "<uploaded audio>"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
