@@ -55,11 +55,11 @@ def predict(
         from rich.table import Table
 
         table = Table(title=f"emotion ({len(files)} file{'s' if len(files) != 1 else ''})")
-        table.add_column("file")
-        table.add_column("span", justify="right")
-        table.add_column("label", style="bold")
+        table.add_column("file", overflow="fold", max_width=24)
+        table.add_column("span", justify="right", no_wrap=True)
+        table.add_column("label", style="bold", no_wrap=True)
         for label in predictor.labels:
-            table.add_column(label, justify="right")
+            table.add_column(label[:7], justify="right", no_wrap=True)
         table.add_column("transcript", overflow="fold")
     for path in files:
         try:
@@ -74,15 +74,19 @@ def predict(
             sys.stdout.flush()
             continue
         probs = result["probabilities"]
+        segmented = len(result["segments"]) > 1
+        transcript = result["transcript"]
+        if segmented and len(transcript) > 40:  # each utterance's text is on its own row below
+            transcript = transcript[:39] + "…"
         table.add_row(
-            str(path), f"{result['duration']:.1f} s", result["label"],
-            *(f"{probs[lab]:.3f}" for lab in predictor.labels), result["transcript"],
+            path.name, f"{result['duration']:.1f} s", result["label"],
+            *(f"{probs[lab]:.2f}" for lab in predictor.labels), transcript,
         )
-        if len(result["segments"]) > 1:
+        if segmented:
             for seg in result["segments"]:
                 table.add_row(
                     "", f"{seg['start']:.1f}-{seg['end']:.1f}", seg["label"],
-                    *(f"{seg['probabilities'][lab]:.3f}" for lab in predictor.labels), seg["transcript"],
+                    *(f"{seg['probabilities'][lab]:.2f}" for lab in predictor.labels), seg["transcript"],
                     style="dim",
                 )
     if table is not None and table.row_count:

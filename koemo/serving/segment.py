@@ -36,7 +36,7 @@ class SegmentConfig:
     min_silence_ms: int = 500  # a pause at least this long ends an utterance
     pad_ms: int = 100  # padding kept either side of each utterance
     max_segment_s: float = 12.0  # longer speech is split (at the longest pause if there is one)
-    merge_gap_s: float = 0.0  # utterances closer than this are merged (0 = never)
+    merge_gap_s: float = 0.8  # utterances closer than this are merged (within max_segment_s; 0 = never)
 
 
 _lock = threading.Lock()
