@@ -30,7 +30,9 @@ def browser(tmp_path):
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1000,1400", f"--user-data-dir={tmp_path / 'profile'}"):
+                 "--no-first-run", "--window-size=1000,1400", f"--user-data-dir={tmp_path / 'profile'}",
+                 # a fake microphone (a beeping tone) that needs no permission prompt
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
@@ -92,3 +94,24 @@ def test_bad_upload_shows_the_error(browser, live_server, tmp_path):
     assert "not a supported audio format" in status.text
     assert "error" in status.get_attribute("class")
     assert not browser.find_element(By.ID, "result").is_displayed()
+
+
+def test_record_from_the_microphone_uploads_and_shows_a_result(browser, live_server):
+    """Record -> Stop with Chromium's fake microphone: MediaRecorder's webm/opus is uploaded,
+    decoded and classified like a file."""
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(live_server + "/")
+    record = browser.find_element(By.ID, "record")
+    record.click()
+    WebDriverWait(browser, 20).until(EC.text_to_be_present_in_element((By.ID, "record"), "Stop"))
+    time.sleep(2.5)
+    record.click()
+    WebDriverWait(browser, 120).until(EC.text_to_be_present_in_element((By.ID, "status"), "done"))
+    assert browser.find_element(By.ID, "status").text.startswith("recording.webm: done")
+    assert browser.find_element(By.ID, "result-label").get_attribute("data-label") in LABELS
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#bars .bar")) == len(LABELS)
