@@ -124,3 +124,17 @@ def test_two_workers_give_the_same_transcripts(tmp_path, emotiontts_utts):
     part = transcribe_utterances(utts, "whisper-base", "white", 10.0, cache=TranscriptCache(tmp_path / "1.sqlite"),
                                  progress=False, only={utts[1].id})
     assert part.texts == {utts[1].id: one.texts[utts[1].id]} and (part.cached, part.computed) == (1, 0)
+
+
+def test_storing_a_column_keeps_the_others_and_drops_stale_entries(tmp_path):
+    from koemo.asr.transcribe import store_transcripts
+
+    path = tmp_path / "m.jsonl"
+    write_manifest(path, [
+        Utterance("a", "a.wav", "neutral", transcripts={"asr:vosk-ko": "v", "asr:whisper-base": "old"}),
+        Utterance("b", "b.wav", "neutral", transcripts={"asr:whisper-base": "stale"}),
+    ])
+    store_transcripts(path, "asr:whisper-base", {"a": "new"})  # b was skipped this time
+    a, b = read_manifest(path)
+    assert a.transcripts == {"asr:vosk-ko": "v", "asr:whisper-base": "new"}
+    assert b.transcripts == {}
