@@ -10,9 +10,12 @@ Protocols:
   training uses only the other speakers *and* the other sentences, so neither the voice nor the
   sentence of a test clip was seen in training. Every utterance is tested exactly once per seed.
 
-Validation (for choosing the checkpoint) is carved from the training side by holding out whole
-speakers (about 15%), so it is speaker-disjoint from training too; in the sentence protocol it
-holds out whole sentence groups instead.
+Validation (for choosing the checkpoint) is carved from the training side the same way the test
+side is: whole speakers (about 15%) in the speaker protocol, whole sentence groups in the
+sentence protocol, and both in the speaker-sentence grid (validation = held-out speakers x
+held-out sentences; clips of a held-out speaker reading a kept sentence, or vice versa, are left
+out of that fold). A validation set that shares sentences with training is useless on EmotionTTS:
+the emotional scripts give the label away and it scores 1.0 from the first epoch.
 """
 
 from __future__ import annotations
@@ -73,6 +76,28 @@ def _hold_out(
     valid_keys = set(rng.choice(keys, size=n_valid, replace=False).tolist())
     train = [u.id for u in utts if getattr(u, attr) not in valid_keys]
     valid = [u.id for u in utts if getattr(u, attr) in valid_keys]
+    return train, valid
+
+
+def _hold_out_both(
+    utts: Sequence[Utterance], fraction: float, rng: np.random.Generator
+) -> tuple[list[str], list[str]]:
+    """(train, valid) disjoint in speakers AND sentence groups, groups held out per label stratum."""
+    speakers = sorted({u.speaker for u in utts})
+    n_spk = min(max(1, math.ceil(len(speakers) * fraction)), len(speakers) - 1)
+    held_spk = set(rng.choice(speakers, size=n_spk, replace=False).tolist()) if n_spk > 0 else set()
+    strata = _majority_label(utts, "group")
+    held_grp: set[str] = set()
+    for stratum in sorted(set(strata.values())):
+        keys = sorted(k for k, v in strata.items() if v == stratum)
+        if len(keys) < 2:
+            continue  # holding out a stratum's only sentence would remove it from training
+        n = min(max(1, round(len(keys) * fraction)), len(keys) - 1)
+        held_grp |= set(rng.choice(keys, size=n, replace=False).tolist())
+    valid = [u.id for u in utts if u.speaker in held_spk and u.group in held_grp]
+    train = [u.id for u in utts if u.speaker not in held_spk and u.group not in held_grp]
+    if not valid or not train:
+        raise KoemoError("too few speakers or sentences to hold out a disjoint validation set")
     return train, valid
 
 
@@ -145,7 +170,7 @@ def make_folds(
             rest = [u for u in utts if u.speaker not in s_set and u.group not in g_set]
             if not test or not rest:
                 continue
-            train, valid = _hold_out(rest, "speaker", valid_fraction, rng)
+            train, valid = _hold_out_both(rest, valid_fraction, rng)
             out.append(Fold(f"spk{i}-sent{j}", train, valid, test))
     return out
 

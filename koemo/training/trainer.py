@@ -327,9 +327,13 @@ def train_fold(
         probs = predict_proba(model, data, fold.valid, valid_source, tc.batch_size, device)
         pred = [labels[i] for i in probs.argmax(1)]
         valid = score([data.labels[u] for u in fold.valid], pred, labels, probs)
-        improved = valid["weighted_f1"] > best["f1"]
+        # Small validation sets tie often: among equal F1, the lower validation NLL wins.
+        nll = valid.get("nll", float("inf"))
+        improved = valid["weighted_f1"] > best["f1"] or (
+            valid["weighted_f1"] == best["f1"] and nll < best.get("nll", float("inf")))
         if improved:
-            best = {"f1": valid["weighted_f1"], "epoch": epoch + 1, "state": _state_copy(model), "bad": 0}
+            best = {"f1": valid["weighted_f1"], "nll": nll, "epoch": epoch + 1,
+                    "state": _state_copy(model), "bad": 0}
         else:
             best["bad"] += 1
         keys = sorted(sums)

@@ -36,10 +36,16 @@ def test_speaker_sentence_grid(emotiontts_utts):
     folds = make_folds(emotiontts_utts, "speaker-sentence", folds=3, seed=4)
     tested = Counter(i for f in folds for i in f.test)
     assert len(tested) == 300 and set(tested.values()) == {1}
+    by_id = {u.id: u for u in emotiontts_utts}
     for f in folds:
         leak = leakage(emotiontts_utts, f)
         assert leak["test_speaker_seen"] == 0 and leak["test_sentence_seen"] == 0
         assert len(f.train) > 50 and f.valid
+        # validation mirrors the test condition: no speaker and no sentence shared with training
+        train_spk = {by_id[i].speaker for i in f.train}
+        train_grp = {by_id[i].group for i in f.train}
+        assert not any(by_id[i].speaker in train_spk or by_id[i].group in train_grp for i in f.valid)
+        assert not set(f.valid) & set(f.test)
     assert make_folds(emotiontts_utts, "speaker-sentence", folds=3, seed=4) == folds
     assert make_folds(emotiontts_utts, "speaker-sentence", folds=3, seed=5) != folds
 
