@@ -53,9 +53,11 @@ from koemo.errors import KoemoError
 
 log = logging.getLogger("koemo")
 
-#: reduced grid for ``--fast`` (``make demo``): 2 seeds, the main rows, no SNR curve
+#: reduced grid for ``--fast`` (``make demo``): 2 seeds, a 2 x 2 speaker-sentence grid (4 folds
+#: per seed instead of 9), the main rows, no SNR curve
 FAST_OVERRIDES = [
     "eval.seeds=2",
+    "split.folds=2",
     "eval.table3=[text-only@embeddinggemma-300m, audio-only@whisper-base-encoder, "
     "shallow@whisper-base-encoder+embeddinggemma-300m]",
     "eval.table4_fusions=[shallow]",
