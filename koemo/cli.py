@@ -62,9 +62,11 @@ def main() -> None:
     except KoemoError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished results are kept and a re-run resumes", err=True)
-        sys.exit(130)
+    except SystemExit as e:
+        # typer turns Ctrl-C into exit code 130 before it reaches us
+        if e.code == 130:
+            typer.echo("interrupted; finished results are kept and a re-run resumes", err=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def test_cli_interrupted_run_resumes_from_the_cache(speech_manifest, tmp_path):
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130, err
     assert "Traceback" not in err
+    assert "interrupted; finished results are kept and a re-run resumes" in err
     assert all("asr:whisper-base" not in u.transcripts for u in read_manifest(speech_manifest))
 
     report = transcribe_manifest(speech_manifest, "whisper-base", progress=False)
