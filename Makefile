@@ -8,6 +8,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: install models system-deps demo test clean
 DEMO_CLIP := $(or $(KOEMO_DATA_DIR),../shared/data)/emotiontts_open_db/emotional-to-emotional/neo/wav/neo00203.wav
+DEMO_RUN := $${KOEMO_CACHE:-$$HOME/.cache/koemo}/bundles/default
 MODELS := whisper-base vosk-ko embeddinggemma-300m e5-small
 
 $(STAMP): pyproject.toml
@@ -33,10 +34,13 @@ demo: install models
 	$(KOEMO) data prepare --recipe emotiontts
 	$(KOEMO) data stats --recipe emotiontts
 	$(KOEMO) data split --recipe emotiontts
-	# transcribe, extract features, a reduced reproduce (2 seeds, main rows) and the report
-	$(KOEMO) reproduce --recipe emotiontts --fast --out results/demo
-	# the default model for `koemo predict` / `koemo serve`: CR-trained shallow fusion
-	$(KOEMO) train --recipe emotiontts --fusion shallow --text-train cr:whisper-base -q --out $${KOEMO_CACHE:-$$HOME/.cache/koemo}/bundles/default
+	$(KOEMO) transcribe --recipe emotiontts --backend whisper-base
+	$(KOEMO) asr-eval --recipe emotiontts --source asr:whisper-base
+	# shallow fusion trained with consistency regularization on the speaker-sentence folds
+	# (features are extracted into the store on first use); it is also the default model of
+	# `koemo predict` / `koemo serve`
+	$(KOEMO) train --recipe emotiontts --fusion shallow --text-train cr:whisper-base -q --out $(DEMO_RUN)
+	$(KOEMO) evaluate $(DEMO_RUN) --text asr:whisper-base --out results/demo
 	$(KOEMO) predict $(DEMO_CLIP)
 
 test: install models system-deps
