@@ -57,3 +57,15 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "koemo.cli", "data", "stats", "--set", "train.nope=1"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown config key train.nope" in proc.stderr
+
+
+def test_prepare_again_keeps_transcripts():
+    from koemo.config import Recipe
+    from koemo.data.manifest import read_manifest, write_manifest
+    from koemo.data.prepare import prepare
+
+    path, utts, _ = prepare(Recipe())
+    utts[0].transcripts["asr:x"] = "안녕"
+    write_manifest(path, utts)
+    path, again, _ = prepare(Recipe())
+    assert {u.id: u.transcripts for u in read_manifest(path)}[utts[0].id] == {"asr:x": "안녕"}

@@ -60,8 +60,24 @@ def prepare(recipe: Recipe, data_dir_override: str | None = None) -> tuple[Path,
         log.info("%d utterances outside the label set or duration range", len(utts) - len(kept))
     if not kept:
         raise KoemoError(f"{root}: no usable utterances ({skips.summary(0)})")
-    path = write_manifest(manifest_path(recipe), kept)
+    path = manifest_path(recipe)
+    _keep_transcripts(path, kept)
+    path = write_manifest(path, kept)
     return path, kept, skips
+
+
+def _keep_transcripts(path: Path, utts: list[Utterance]) -> None:
+    """Re-preparing must not lose ``koemo transcribe`` columns of an utterance whose audio is the same."""
+    if not path.exists():
+        return
+    try:
+        old = {u.id: u for u in read_manifest(path)}
+    except KoemoError:
+        return  # an unreadable old manifest is simply replaced
+    for u in utts:
+        prev = old.get(u.id)
+        if prev and prev.audio == u.audio and prev.start == u.start and prev.end == u.end:
+            u.transcripts = {**prev.transcripts, **u.transcripts}
 
 
 def load_or_prepare(recipe: Recipe, data_dir_override: str | None = None) -> tuple[Path, list[Utterance]]:
