@@ -57,16 +57,6 @@ def _masked_abs_sum(x: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | No
     return contrib.reshape(contrib.shape[0], -1).sum(dim=1)
 
 
-def _nonempty(mask: torch.Tensor) -> torch.Tensor:
-    """A mask with at least one real position per row (the first), as the fusion models use."""
-    mask = mask.bool()
-    empty = ~mask.any(dim=1)
-    if empty.any():
-        mask = mask.clone()
-        mask[empty, 0] = True
-    return mask
-
-
 def modality_scores(
     model: Model,
     audio: torch.Tensor,
@@ -118,7 +108,9 @@ def modality_scores(
             if at == "embed":
                 if not (hasattr(model, "embed") and hasattr(model, "head")):
                     raise KoemoError("at='embed' needs a model with embed() and head() methods")
-                audio_mask, text_mask = _nonempty(audio_mask), _nonempty(text_mask)
+                from koemo.fusion.base import fix_empty  # the fusion models' own rule
+
+                audio_mask, text_mask = fix_empty(audio_mask), fix_empty(text_mask)
                 ea, et = model.embed(a, audio_mask, t, text_mask)
                 ea = ea.detach().requires_grad_(True)
                 et = et.detach().requires_grad_(True)
