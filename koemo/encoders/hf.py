@@ -83,7 +83,25 @@ def _normalize(wave, valid: int, do_normalize: bool):
     return (wave - x.mean()) / np.sqrt(x.var() + 1e-7)
 
 
-class HFSpeechEncoder(SpeechEncoder):
+class _HFWeights:
+    """What the two transformers-backed encoders share: the layer choice and the id's weight checksum."""
+
+    model_dir: Path
+    layer: int | None
+
+    def _choose_layer(self, layer: int | None) -> None:
+        n = int(self.config.num_hidden_layers)
+        self.layer = None if layer is None or layer >= n else int(layer)
+        self._sum: str | None = None
+
+    def _id_suffix(self) -> tuple[str, str]:
+        """(layer, weight checksum) for the id; the checksum is computed once, lazily."""
+        if self._sum is None:
+            self._sum = fingerprint(weight_files(self.model_dir))
+        return "last" if self.layer is None else str(self.layer), short(self._sum)
+
+
+class HFSpeechEncoder(_HFWeights, SpeechEncoder):
     name = "hf-speech"
     finetunable = True
 
@@ -98,18 +116,14 @@ class HFSpeechEncoder(SpeechEncoder):
         self.dim = int(self.config.hidden_size)
         self.frame_rate = 16000 / float(np.prod(self.config.conv_stride))
         self.min_samples = _receptive_field(self.config)
-        n = int(self.config.num_hidden_layers)
-        self.layer = None if layer is None or layer >= n else int(layer)
+        self._choose_layer(layer)
         self._model = None
         self._fe = None
-        self._sum: str | None = None
 
     @property
     def id(self) -> str:
-        if self._sum is None:
-            self._sum = fingerprint(weight_files(self.model_dir))
-        layer = "last" if self.layer is None else str(self.layer)
-        return f"hf-speech:{self.model_name}|float32|layer={layer}|weights={short(self._sum)}"
+        layer, weights = self._id_suffix()
+        return f"hf-speech:{self.model_name}|float32|layer={layer}|weights={weights}"
 
     def _load(self):
         if self._model is None:
@@ -186,7 +200,7 @@ class HFSpeechEncoder(SpeechEncoder):
 # text
 
 
-class HFTextEncoder(TextEncoder):
+class HFTextEncoder(_HFWeights, TextEncoder):
     name = "hf-text"
     finetunable = True
 
@@ -200,18 +214,14 @@ class HFTextEncoder(TextEncoder):
 
         self.config = AutoConfig.from_pretrained(self.model_dir)
         self.dim = int(self.config.hidden_size)
-        n = int(self.config.num_hidden_layers)
-        self.layer = None if layer is None or layer >= n else int(layer)
+        self._choose_layer(layer)
         self._model = None
         self._tok = None
-        self._sum: str | None = None
 
     @property
     def id(self) -> str:
-        if self._sum is None:
-            self._sum = fingerprint(weight_files(self.model_dir))
-        layer = "last" if self.layer is None else str(self.layer)
-        return f"{self.display}|float32|layer={layer}|specials=kept|weights={short(self._sum)}"
+        layer, weights = self._id_suffix()
+        return f"{self.display}|float32|layer={layer}|specials=kept|weights={weights}"
 
     @property
     def tokenizer(self):
