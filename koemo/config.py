@@ -74,6 +74,7 @@ class ModelConfig:
     heads: int = 8
     layers: int = 1
     dropout: float = 0.1
+    audio_pool: int = 1  # average this many speech frames per step (4 = 80 ms for Whisper); 1 = off
 
 
 @dataclass

@@ -153,11 +153,15 @@ class MulT(FusionModel):
 
 
 def build_fusion(name: str, audio_dim: int, text_dim: int, n_labels: int, hidden: int = 768,
-                 heads: int = 8, layers: int = 1, dropout: float = 0.1) -> FusionModel:
+                 heads: int = 8, layers: int = 1, dropout: float = 0.1, audio_pool: int = 1) -> FusionModel:
     """Instantiate a registered fusion model, checking that ``heads`` divides ``hidden``."""
     from koemo.errors import KoemoError
 
     cls = FUSIONS.get(name)
     if hidden % heads:
         raise KoemoError(f"model.hidden={hidden} must be divisible by model.heads={heads}")
-    return cls(audio_dim, text_dim, n_labels, hidden=hidden, heads=heads, layers=layers, dropout=dropout)
+    if audio_pool < 1:
+        raise KoemoError(f"model.audio_pool={audio_pool} must be 1 (no pooling) or more")
+    model = cls(audio_dim, text_dim, n_labels, hidden=hidden, heads=heads, layers=layers, dropout=dropout)
+    model.audio_pool = int(audio_pool)
+    return model

@@ -160,7 +160,8 @@ def load_bundle(path: str | Path, model: torch.nn.Module | None = None) -> Bundl
             raise KoemoError(f"{path}: an end-to-end bundle; pass the encoders' module to load it")
         m = meta["model"]
         model = build_fusion(m["fusion"], meta["audio_dim"], meta["text_dim"], len(meta["labels"]),
-                             hidden=m["hidden"], heads=m["heads"], layers=m["layers"], dropout=m["dropout"])
+                             hidden=m["hidden"], heads=m["heads"], layers=m["layers"], dropout=m["dropout"],
+                             audio_pool=m.get("audio_pool", 1))
     state = load_weights(path / WEIGHTS)
     model.load_state_dict(state)
     model.eval()

@@ -52,7 +52,7 @@ def build_end_to_end(recipe, n_labels: int) -> tuple[EndToEnd, dict]:
     speech, text = se.torch_module(), te.torch_module()
     m = recipe.model
     fusion = build_fusion(m.fusion, se.dim, te.dim, n_labels, hidden=m.hidden, heads=m.heads,
-                          layers=m.layers, dropout=m.dropout)
+                          layers=m.layers, dropout=m.dropout, audio_pool=m.audio_pool)
     meta = {"speech": {"name": recipe.encoders.speech, "id": se.id, "dim": se.dim, "finetuned": True},
             "text": {"name": recipe.encoders.text, "id": te.id, "dim": te.dim, "finetuned": True}}
     return EndToEnd(speech, text, fusion), meta

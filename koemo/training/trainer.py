@@ -233,7 +233,7 @@ def train_fold(
     if model is None:
         a_dim, t_dim = data.dims(train_sources[0])
         model = build_fusion(mc.fusion, a_dim, t_dim, len(labels), hidden=mc.hidden, heads=mc.heads,
-                             layers=mc.layers, dropout=mc.dropout)
+                             layers=mc.layers, dropout=mc.dropout, audio_pool=mc.audio_pool)
     model.to(device)
     optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
                              weight_decay=tc.weight_decay)
@@ -283,7 +283,7 @@ def train_fold(
     meta_base = {
         "koemo_version": _version(),
         "model": {"fusion": mc.fusion, "hidden": mc.hidden, "heads": mc.heads, "layers": mc.layers,
-                  "dropout": mc.dropout},
+                  "dropout": mc.dropout, "audio_pool": mc.audio_pool},
         "audio_dim": getattr(_fusion_of(model), "audio_dim", None),
         "text_dim": getattr(_fusion_of(model), "text_dim", None),
         "labels": labels,

@@ -7,6 +7,7 @@ import torch
 
 from koemo.errors import KoemoError
 from koemo.fusion import FUSIONS, build_fusion, grad_x_activation
+from koemo.fusion.base import pool_frames
 
 NAMES = ["audio-only", "text-only", "shallow", "fusion-transformer", "mult"]
 DA, DT, C = 6, 5, 4
@@ -37,6 +38,25 @@ def test_registry_lists_every_model():
         build_fusion("mult", DA, DT, C, hidden=10, heads=3)
 
 
+def test_pool_frames_averages_valid_frames_only():
+    x = torch.arange(10, dtype=torch.float32).reshape(1, 5, 2)  # frames (0,1) (2,3) (4,5) (6,7) (8,9)
+    mask = torch.tensor([[True, True, True, False, False]])
+    pooled, pmask = pool_frames(x, mask, 2)
+    assert pmask.tolist() == [[True, True, False]]
+    # window 1 holds one valid frame (4, 5): its mean is that frame, not (4+6)/2
+    torch.testing.assert_close(pooled[0, :2], torch.tensor([[1.0, 2.0], [4.0, 5.0]]))
+    same, same_mask = pool_frames(x, mask, 1)
+    assert same is x and same_mask is mask
+    with pytest.raises(KoemoError, match="audio_pool"):
+        build_fusion("shallow", DA, DT, C, audio_pool=0)
+
+
+def test_audio_pool_changes_what_attention_sees():
+    audio, am, text, tm = batch([7, 3, 5], [4, 2, 4])
+    assert not torch.allclose(make("audio-only")(audio, am, text, tm),
+                              make("audio-only", audio_pool=3)(audio, am, text, tm))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_output_shape(name):
     model = make(name)
@@ -46,9 +66,10 @@ def test_output_shape(name):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("pool", [1, 3])
 @pytest.mark.parametrize("name", NAMES)
-def test_padding_does_not_change_the_result(name):
-    model = make(name)
+def test_padding_does_not_change_the_result(name, pool):
+    model = make(name, audio_pool=pool)
     audio, am, text, tm = batch([7, 3, 5], [4, 2, 4])
     ref = model(audio, am, text, tm)
     # the same utterances padded further, with garbage in the padding
