@@ -20,6 +20,11 @@ def transcribe(
     snr: Optional[float] = typer.Option(None, "--snr", help="Signal-to-noise ratio of the added noise, in dB."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Noise seed (default: the recipe's asr.seed)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Worker processes (default: the recipe's asr.jobs)."),
+    sample: Optional[int] = typer.Option(
+        None, "--sample", min=1,
+        help="Only N utterances, evenly spaced over the manifest (a quick look at a slow condition; "
+        "asr-eval counts the rest as missing, a later full run reuses these).",
+    ),
     overrides: Optional[list[str]] = SetOpt,
     data_dir: Optional[str] = DataDirOpt,
     json_: bool = JsonOpt,
@@ -37,7 +42,8 @@ def transcribe(
     snr = snr if snr is not None else asr.snr
     path, _ = load_or_prepare(cfg, data_dir)
     report = transcribe_manifest(
-        path, backend or asr.backend, noise, snr, asr.seed if seed is None else seed, asr.jobs if jobs is None else jobs
+        path, backend or asr.backend, noise, snr, asr.seed if seed is None else seed, asr.jobs if jobs is None else jobs,
+        sample=sample,
     )
     if json_:
         print_json({"source": report.source, "manifest": str(path), "transcripts": len(report.texts),

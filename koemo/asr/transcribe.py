@@ -165,14 +165,28 @@ def _manifest_lock(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def store_transcripts(manifest: Path, source: str, texts: dict[str, str]) -> list[Utterance]:
-    """Put ``texts`` into the manifest's ``source`` column, keeping columns other runs wrote."""
+def evenly_spaced(utts: Sequence[Utterance], n: int) -> set[str]:
+    """Ids of ``n`` utterances spread evenly over the manifest order (so every speaker and emotion
+    of a sorted manifest is represented), for a quick look at an expensive condition."""
+    if n <= 0:
+        raise ValueError("the sample size must be positive")
+    if n >= len(utts):
+        return {u.id for u in utts}
+    return {utts[(i * len(utts)) // n].id for i in range(n)}
+
+
+def store_transcripts(manifest: Path, source: str, texts: dict[str, str],
+                      scope: set[str] | None = None) -> list[Utterance]:
+    """Put ``texts`` into the manifest's ``source`` column, keeping columns other runs wrote.
+
+    Utterances in ``scope`` (default: all) without a text lose their old transcript in that column.
+    """
     with _manifest_lock(manifest):
         utts = read_manifest(manifest)
         for u in utts:
             if u.id in texts:
                 u.transcripts[source] = texts[u.id]
-            else:
+            elif scope is None or u.id in scope:
                 u.transcripts.pop(source, None)  # skipped now: an old transcript would be stale
         write_manifest(manifest, utts)
     return utts
@@ -187,10 +201,14 @@ def transcribe_manifest(
     jobs: int = 1,
     backend_options: dict | None = None,
     progress: bool = True,
+    sample: int | None = None,
 ) -> TranscribeReport:
-    """Transcribe every utterance of ``manifest`` and write the column back into it."""
+    """Transcribe every utterance of ``manifest`` (or an evenly spaced ``sample`` of them; all stay
+    in the babble pool) and write the column back into it."""
     utts = read_manifest(manifest)
-    report = transcribe_utterances(utts, backend, noise, snr, seed, jobs, backend_options=backend_options, progress=progress)
-    store_transcripts(manifest, report.source, report.texts)
+    only = evenly_spaced(utts, sample) if sample else None
+    report = transcribe_utterances(utts, backend, noise, snr, seed, jobs, backend_options=backend_options,
+                                   progress=progress, only=only)
+    store_transcripts(manifest, report.source, report.texts, scope=only)
     report.manifest = manifest
     return report

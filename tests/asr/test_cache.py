@@ -139,3 +139,24 @@ def test_storing_a_column_keeps_the_others_and_drops_stale_entries(tmp_path):
     a, b = read_manifest(path)
     assert a.transcripts == {"asr:vosk-ko": "v", "asr:whisper-base": "new"}
     assert b.transcripts == {}
+    # A sample run touches only its scope: the others keep what an earlier run wrote.
+    store_transcripts(path, "asr:whisper-base", {}, scope={"a"})
+    a, _ = read_manifest(path)
+    assert "asr:whisper-base" not in a.transcripts and a.transcripts["asr:vosk-ko"] == "v"
+    write_manifest(path, [Utterance("a", "a.wav", "neutral", transcripts={"asr:whisper-base": "keep"}),
+                          Utterance("b", "b.wav", "neutral")])
+    store_transcripts(path, "asr:whisper-base", {"b": "new"}, scope={"b"})
+    assert [u.transcripts.get("asr:whisper-base") for u in read_manifest(path)] == ["keep", "new"]
+
+
+def test_evenly_spaced_sample_covers_the_whole_manifest():
+    from koemo.asr.transcribe import evenly_spaced
+
+    utts = [Utterance(f"u{i:03d}", "x.wav", "neutral") for i in range(300)]
+    picked = evenly_spaced(utts, 60)
+    assert len(picked) == 60 and {"u000", "u295"} <= picked
+    # every block of 20 (one speaker in the sorted EmotionTTS manifest) gets 4 clips
+    assert all(sum(f"u{i:03d}" in picked for i in range(s, s + 20)) == 4 for s in range(0, 300, 20))
+    assert evenly_spaced(utts[:5], 10) == {u.id for u in utts[:5]}
+    with pytest.raises(ValueError):
+        evenly_spaced(utts, 0)
