@@ -70,8 +70,9 @@ def test_noise_key_includes_condition_and_babble_pool():
 
 @pytest.fixture
 def speech_manifest(tmp_path, emotiontts_utts):
-    """Three real EmotionTTS clips and one corrupt file, as a manifest."""
-    utts = [Utterance(u.id, u.audio, u.label, u.text) for u in emotiontts_utts[:3]]
+    """Six real EmotionTTS clips and one corrupt file, as a manifest (enough work left after the
+    first transcript that an interrupt lands mid-run even on a busy machine)."""
+    utts = [Utterance(u.id, u.audio, u.label, u.text) for u in emotiontts_utts[:6]]
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
     utts.insert(1, Utterance("broken", str(bad), "neutral", "깨진 파일"))
@@ -98,13 +99,13 @@ def test_cli_interrupted_run_resumes_from_the_cache(speech_manifest, tmp_path):
                 pass  # table not created yet
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=60)
-    assert run.returncode == 130, err
+    assert run.returncode == 130, f"exit {run.returncode} (0: the run ended before the interrupt)\n{err}"
     assert "Traceback" not in err
     assert "interrupted; finished results are kept and a re-run resumes" in err
     assert all("asr:whisper-base" not in u.transcripts for u in read_manifest(speech_manifest))
 
     report = transcribe_manifest(speech_manifest, "whisper-base", progress=False)
-    assert report.cached >= 1 and report.cached + report.computed == 3
+    assert report.cached >= 1 and report.cached + report.computed == 6
     # The corrupt clip is skipped, counted and named; the others are in the manifest.
     assert len(report.skips) == 1 and str(report.skips.skipped[0]).startswith("broken (")
     assert "not readable as audio" in str(report.skips.skipped[0])
@@ -112,7 +113,7 @@ def test_cli_interrupted_run_resumes_from_the_cache(speech_manifest, tmp_path):
     assert texts["broken"] is None and all(texts[k] for k in texts if k != "broken")
 
     again = transcribe_manifest(speech_manifest, "whisper-base", progress=False)
-    assert (again.cached, again.computed) == (3, 0)
+    assert (again.cached, again.computed) == (6, 0)
 
 
 @pytest.mark.slow
