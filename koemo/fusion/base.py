@@ -48,7 +48,8 @@ def pool_frames(x: torch.Tensor, mask: torch.Tensor, stride: int) -> tuple[torch
     valid frames; a window is valid if any of its frames is.
 
     Whisper gives 50 frames/s; attention over ~300 frames per clip dominates training time on a CPU,
-    and emotion cues live at syllable scale, so pooling 4 frames (80 ms) costs little. Windows start
+    and emotion cues live at syllable scale (~200 ms), so pooling 4 frames (80 ms) should cost little
+    accuracy (to be measured per recipe: docs/training.md). Windows start
     at frame 0, so padding after the last valid frame never changes the pooled valid windows.
     """
     if stride <= 1:
