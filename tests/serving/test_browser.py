@@ -111,7 +111,10 @@ def test_record_from_the_microphone_uploads_and_shows_a_result(browser, live_ser
     WebDriverWait(browser, 20).until(EC.text_to_be_present_in_element((By.ID, "record"), "Stop"))
     time.sleep(2.5)
     record.click()
-    WebDriverWait(browser, 120).until(EC.text_to_be_present_in_element((By.ID, "status"), "done"))
+    # Not just "done": the recording prompt ("press Stop when done.") contains it too.
+    WebDriverWait(browser, 120).until(
+        lambda b: b.find_element(By.ID, "status").text.startswith("recording.webm:")
+        or "error" in b.find_element(By.ID, "status").get_attribute("class"))
     assert browser.find_element(By.ID, "status").text.startswith("recording.webm: done")
     assert browser.find_element(By.ID, "result-label").get_attribute("data-label") in LABELS
     assert len(browser.find_elements(By.CSS_SELECTOR, "#bars .bar")) == len(LABELS)
