@@ -33,14 +33,15 @@ def repeats_a_phrase(text: str, times: int = 3) -> bool:
 
 def guards(clips: int, snr: float) -> None:
     from koemo.asr.metrics import normalize, score
-    from koemo.asr.transcribe import transcribe_utterances
+    from koemo.asr.transcribe import evenly_spaced, transcribe_utterances
     from koemo.config import Recipe
     from koemo.data.prepare import load_or_prepare
 
     _, utts = load_or_prepare(Recipe())
-    subset = sorted(utts, key=lambda u: u.id)[:: max(1, len(utts) // clips)]
-    only = {u.id for u in subset}
-    print(f"# {len(subset)} EmotionTTS clips (every {max(1, len(utts) // clips)}th by id), babble at {snr:g} dB")
+    by_id = sorted(utts, key=lambda u: u.id)
+    only = evenly_spaced(by_id, clips)
+    subset = [u for u in by_id if u.id in only]
+    print(f"# {len(subset)} EmotionTTS clips (evenly spaced by id), babble at {snr:g} dB")
     print("| backend | CER % | WER % | sWER % | empty | phrase loops | longer than 1.5x ref | s/clip |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ("whisper-base", "whisper-base-noguards"):
