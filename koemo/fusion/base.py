@@ -60,10 +60,9 @@ def pool_frames(x: torch.Tensor, mask: torch.Tensor, stride: int) -> tuple[torch
     if pad:
         x = torch.nn.functional.pad(x, (0, 0, 0, pad))
         m = torch.nn.functional.pad(m, (0, pad))
-    m = m.reshape(b, -1, stride)
-    total = (x.reshape(b, -1, stride, d) * m.unsqueeze(-1)).sum(dim=2)
-    count = m.sum(dim=2)
-    return total / count.clamp_min(1.0).unsqueeze(-1), count > 0
+    windows = x.shape[1] // stride
+    pooled = masked_mean(x.reshape(b * windows, stride, d), m.reshape(b * windows, stride))
+    return pooled.reshape(b, windows, d), m.reshape(b, windows, stride).any(dim=2)
 
 
 def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -128,10 +127,14 @@ class FusionModel(nn.Module):
     def head(self, a, audio_mask, t, text_mask) -> torch.Tensor:
         raise NotImplementedError
 
+    def prepare(self, audio, audio_mask, text_mask):
+        """What every entry point does before ``embed``: empty rows fixed, speech frames pooled."""
+        audio, audio_mask = pool_frames(audio, fix_empty(audio_mask), self.audio_pool)
+        return audio, audio_mask, fix_empty(text_mask)
+
     def forward(self, audio: torch.Tensor, audio_mask: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor) -> torch.Tensor:
-        audio, audio_mask = pool_frames(audio, fix_empty(audio_mask), self.audio_pool)
-        text_mask = fix_empty(text_mask)
+        audio, audio_mask, text_mask = self.prepare(audio, audio_mask, text_mask)
         a, t = self.embed(audio, audio_mask, text, text_mask)
         return self.head(a, audio_mask, t, text_mask)
 
@@ -145,8 +148,7 @@ def grad_x_activation(model: FusionModel, audio, audio_mask, text, text_mask,
     model does not read). ``target`` defaults to the predicted class. Shares per modality are
     e.g. ``relu(scores) / relu(scores).sum(1, keepdim=True)``.
     """
-    audio, audio_mask = pool_frames(audio, fix_empty(audio_mask), model.audio_pool)
-    text_mask = fix_empty(text_mask)
+    audio, audio_mask, text_mask = model.prepare(audio, audio_mask, text_mask)
     with torch.enable_grad():
         a, t = model.embed(audio, audio_mask, text, text_mask)
         a = a.detach().requires_grad_(True)
