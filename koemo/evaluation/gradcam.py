@@ -108,9 +108,12 @@ def modality_scores(
             if at == "embed":
                 if not (hasattr(model, "embed") and hasattr(model, "head")):
                     raise KoemoError("at='embed' needs a model with embed() and head() methods")
-                from koemo.fusion.base import fix_empty  # the fusion models' own rule
+                if hasattr(model, "prepare"):  # a FusionModel: its own empty-row rule and frame pooling
+                    a, audio_mask, text_mask = model.prepare(a, audio_mask, text_mask)
+                else:
+                    from koemo.fusion.base import fix_empty
 
-                audio_mask, text_mask = fix_empty(audio_mask), fix_empty(text_mask)
+                    audio_mask, text_mask = fix_empty(audio_mask), fix_empty(text_mask)
                 ea, et = model.embed(a, audio_mask, t, text_mask)
                 ea = ea.detach().requires_grad_(True)
                 et = et.detach().requires_grad_(True)

@@ -164,3 +164,17 @@ def test_single_modal_koemo_models_get_the_whole_share(name, expected):
     for at in ("input", "embed"):
         s = shares(*modality_scores(model, *batch()[:4], at=at)[:2])
         assert np.allclose(s[:, expected], 1.0), at
+
+
+@pytest.mark.parametrize("name", ["fusion-transformer", "mult"])
+def test_fusion_input_path_pools_audio_like_the_model(name):
+    """With model.audio_pool, the embed path must see what forward sees: the same logits."""
+    from koemo.fusion import build_fusion
+
+    torch.manual_seed(0)
+    model = build_fusion(name, audio_dim=6, text_dim=5, n_labels=4, hidden=16, heads=2, dropout=0.0,
+                         audio_pool=2).eval()
+    inputs = batch()[:4]
+    logits = modality_scores(model, *inputs, at="embed")[3]
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(*inputs), atol=1e-5, rtol=1e-5)
