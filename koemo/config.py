@@ -95,6 +95,7 @@ class TrainConfig:
     cr_detach_target: bool = True  # no KL gradient through the golden path (docs/training.md)
     seed: int = 0
     device: str = "cpu"
+    checkpoint_every: int = 1  # epochs between resumable checkpoints; 0 = only the finished bundle
 
 
 def _list(*items):
@@ -124,7 +125,12 @@ class EvalConfig:
     protocols: list[str] = _list("speaker", "stratified")  # compared with split.protocol
     protocol_models: list[str] = _list(
         "text-only@embeddinggemma-300m", "audio-only@whisper-base-encoder",
-        "shallow@whisper-base-encoder+embeddinggemma-300m")
+        "shallow@whisper-base-encoder+embeddinggemma-300m",
+        "fusion-transformer@whisper-base-encoder+embeddinggemma-300m",
+        "mult@whisper-base-encoder+embeddinggemma-300m")
+    # A grid fold takes seconds to minutes: by default it is the unit of resume (no per-epoch
+    # checkpoint, which for the attention fusions writes ~160 MB per epoch).
+    checkpoint_every: int = 0
 
 
 @dataclass

@@ -66,6 +66,14 @@ def reproduce(
     fast: bool = typer.Option(False, "--fast", help="Reduced grid for a demo: 2 seeds, the main rows, no SNR curve."),
     out: str = typer.Option("results", "--out", "-o", help="Where results.json, REPORT.md/.html and figures/ go."),
     gradcam: bool = typer.Option(True, "--gradcam/--no-gradcam", help="Compute the modality-contribution figures."),
+    save_inputs: Optional[str] = typer.Option(None, "--save-inputs", help="Also write the prepared transcripts "
+                                              "and features to this .npz (to train the grid elsewhere)."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="Read transcripts and features from a pack "
+                                         "written by --save-inputs (no ASR or encoder weights needed)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: train only this share of the grid (run N "
+                                        "of these in parallel, then once without --shard for the report)."),
+    prepare_only: bool = typer.Option(False, "--prepare-only", help="Stop after transcripts and features "
+                                      "(and --save-inputs): the CPU half of a run finished on a GPU box."),
     set_: Optional[list[str]] = SetOpt,
     data_dir: Optional[str] = DataDirOpt,
 ) -> None:
@@ -82,7 +90,16 @@ def reproduce(
         overrides.append(f"eval.seeds={seeds}")
     cfg = recipe_from(recipe, overrides)
     command = "koemo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    doc = run(cfg, out, data_dir, command=command, gradcam=gradcam)
+    doc = run(cfg, out, data_dir, command=command, gradcam=gradcam, inputs_path=inputs,
+              save_inputs_path=save_inputs, shard=shard, prepare_only=prepare_only)
+    if prepare_only:
+        typer.echo(f"inputs prepared ({doc['meta']['wall_time_s'] / 60:.1f} min)"
+                   + (f": {save_inputs}" if save_inputs else ""))
+        return
+    if shard:
+        typer.echo(f"shard {shard} trained ({doc['meta']['wall_time_s'] / 60:.1f} min); "
+                   "run without --shard to write the report")
+        return
     typer.echo(f"report: {Path(out) / 'REPORT.md'} ({doc['meta']['wall_time_s'] / 60:.1f} min)")
 
 

@@ -260,6 +260,9 @@ class Inputs:
     labels: list[str]
     speech: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     text: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+    asr_rows: list[dict] = field(default_factory=list)
+    #: "speech"/"text" -> encoder name -> what a bundle records (id with version and checksum, dim)
+    encoder_meta: dict[str, dict[str, dict]] = field(default_factory=lambda: {"speech": {}, "text": {}})
 
 
 def _dummy(ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -285,7 +288,7 @@ def job_recipe(plan: Plan, job: Job, seed: int) -> Recipe:
         split=replace(r.split, protocol=job.protocol, seed=seed),
         model=replace(r.model, fusion=job.model.fusion),
         encoders=replace(r.encoders, speech=job.model.speech or "none", text=job.model.text or "none"),
-        train=replace(r.train, text=job.train_text, seed=seed),
+        train=replace(r.train, text=job.train_text, seed=seed, checkpoint_every=r.eval.checkpoint_every),
     )
 
 
@@ -329,18 +332,113 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
                 for s in missing_any:
                     u.transcripts.setdefault(s, "")
     labels = list(resolve_label_set(recipe.data.label_set))
-    inputs = Inputs(utts, labels)
+    inputs = Inputs(utts, labels, asr_rows=asr_rows)
     _ensure_fasttext(plan, utts, data_dir)
+    from koemo.encoders import get_speech_encoder, get_text_encoder
     from koemo.training.features import store_for
 
     store = store_for(recipe)
     for name in plan.speech_encoders():
         inputs.speech[name] = _complete(store.speech(name, utts, progress=progress), utts, f"speech features {name}")
+        e = get_speech_encoder(name)
+        inputs.encoder_meta["speech"][name] = {"name": name, "id": e.id, "dim": e.dim, "finetuned": False}
     for name, sources in sorted(plan.text_needs().items()):
         for s in sorted(sources):
             inputs.text[(name, s)] = _complete(store.text(name, utts, s, progress=progress), utts,
                                                f"text features {name} [{s}]")
+        e = get_text_encoder(name)
+        inputs.encoder_meta["text"][name] = {"name": name, "id": e.id, "dim": e.dim, "finetuned": False,
+                                             "sentence_vector": bool(getattr(e, "sentence_vector", False))}
     return inputs, asr_rows
+
+
+#: format tag of an inputs pack (:func:`save_inputs`)
+PACK_FORMAT = "koemo-inputs-1"
+
+
+def save_inputs(inputs: Inputs, path: str | Path) -> Path:
+    """Write everything the grid's training reads (utterances with transcripts, features, the ASR
+    table, encoder ids) to one ``.npz``, so the training grid can run on another machine (a GPU
+    box) with neither the ASR nor the encoders' weights there (``--inputs``). Identical arrays
+    (the same sentence read by every speaker) are stored once."""
+    import hashlib
+
+    from koemo.paths import atomic_write_bytes
+
+    arrays: dict[str, np.ndarray] = {}
+    names: dict[str, str] = {}
+
+    def put(where: str, a: Any) -> str:
+        if not isinstance(a, np.ndarray):
+            raise KoemoError(f"{where}: not a feature array ({type(a).__name__}); only frozen features can be packed")
+        a = np.ascontiguousarray(a)
+        h = hashlib.sha1(f"{a.shape}{a.dtype}".encode() + a.tobytes()).hexdigest()
+        if h not in names:
+            names[h] = f"a{len(names)}"
+            arrays[names[h]] = a
+        return names[h]
+
+    index = {
+        "format": PACK_FORMAT,
+        "labels": inputs.labels,
+        "utts": [u.to_dict() for u in inputs.utts],
+        "asr_rows": inputs.asr_rows,
+        "encoder_meta": inputs.encoder_meta,
+        "speech": {name: {u: put(f"{u} [{name}]", a) for u, a in t.items()} for name, t in inputs.speech.items()},
+        "text": [{"encoder": name, "source": source, "arrays": {u: put(f"{u} [{name} {source}]", a)
+                                                                  for u, a in t.items()}}
+                 for (name, source), t in inputs.text.items()],
+    }
+    arrays["index"] = np.frombuffer(json.dumps(index, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def load_inputs(path: str | Path, plan: Plan) -> Inputs:
+    """Read a pack written by :func:`save_inputs` and check it holds what ``plan`` needs."""
+    import zipfile
+
+    from koemo.data.manifest import Utterance
+
+    path = Path(path)
+    if not path.is_file():
+        raise KoemoError(f"{path}: no such inputs pack (write one with: koemo reproduce --save-inputs {path})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            index = json.loads(bytes(z["index"]).decode("utf-8"))
+            arrays = {k: z[k] for k in z.files if k != "index"}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise KoemoError(f"{path}: not a readable koemo inputs pack ({e})") from None
+    if index.get("format") != PACK_FORMAT:
+        raise KoemoError(f"{path}: inputs pack format {index.get('format')!r}, this koemo reads {PACK_FORMAT}")
+    from koemo.data.labels import resolve_label_set
+
+    labels = list(resolve_label_set(plan.recipe.data.label_set))
+    if index["labels"] != labels:
+        raise KoemoError(f"{path}: packed labels {index['labels']} differ from the recipe's {labels}")
+    inputs = Inputs([Utterance(**d) for d in index["utts"]], labels, asr_rows=index["asr_rows"],
+                    encoder_meta=index["encoder_meta"])
+    inputs.speech = {name: {u: arrays[k] for u, k in t.items()} for name, t in index["speech"].items()}
+    inputs.text = {(t["encoder"], t["source"]): {u: arrays[k] for u, k in t["arrays"].items()} for t in index["text"]}
+    for name in plan.speech_encoders():
+        if name not in inputs.speech:
+            raise KoemoError(f"{path}: no speech features '{name}'; re-export the pack with this grid")
+    for name, sources in plan.text_needs().items():
+        for s in sources:
+            if (name, s) not in inputs.text:
+                raise KoemoError(f"{path}: no text features '{name}' [{s}]; re-export the pack with this grid")
+    for kind in ("speech", "text"):
+        for name in {m for m in (plan.speech_encoders() if kind == "speech" else plan.text_needs())}:
+            if name not in inputs.encoder_meta.get(kind, {}):
+                raise KoemoError(f"{path}: no id recorded for {kind} encoder '{name}'")
+    for table_name, table in [(f"speech {n}", t) for n, t in inputs.speech.items()] + \
+            [(f"text {n} [{s}]", t) for (n, s), t in inputs.text.items()]:
+        _complete(table, inputs.utts, f"{table_name} features in {path}")
+    return inputs
 
 
 def _complete(table: dict, utts, what: str) -> dict:
@@ -372,55 +470,79 @@ def folds_for(plan: Plan, utts, protocol: str, seed: int):
     return make_folds(utts, protocol, s.folds, seed, tuple(s.ratios))
 
 
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``I/N`` (0-based I) -> (I, N)."""
+    if not shard:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise KoemoError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return int(m[1]), int(m[2])
+
+
 def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
-             on_fold: Callable[[Job, int, str], None] | None = None) -> dict[tuple[Job, str], list]:
+             on_fold: Callable[[Job, int, str], None] | None = None,
+             shard: tuple[int, int] | None = None) -> dict[tuple[Job, str], list]:
     """Train (or reuse) every fold of every job and seed; return pooled test predictions keyed by
-    (job, test source), each prediction carrying its seed."""
+    (job, test source), each prediction carrying its seed.
+
+    A fold whose finished bundle has the same fingerprint is read, not retrained. With ``shard``
+    ``(i, n)`` only every n-th (job, seed) unit, starting at i, is trained and nothing is returned:
+    n processes (or machines sharing the cache) split the grid, then a run without a shard reads
+    their bundles and writes the report."""
     from tqdm.auto import tqdm
 
-    from koemo.training.trainer import train_fold
+    from koemo.training.trainer import bundle_done, plan_fold, train_fold
 
     folds_cache = {(p, s): folds_for(plan, inputs.utts, p, s)
                    for p in {j.protocol for j in plan.jobs} for s in plan.seeds}
-    total = sum(len(folds_cache[(j.protocol, s)]) for j in plan.jobs for s in plan.seeds)
+    units = [(job, tests, seed) for job, tests in sorted(plan.jobs.items(), key=lambda kv: kv[0].slug)
+             for seed in plan.seeds]
+    if shard is not None:
+        units = units[shard[0]::shard[1]]
+    total = sum(len(folds_cache[(job.protocol, seed)]) for job, _, seed in units)
     preds: dict[tuple[Job, str], list] = defaultdict(list)
-    bar = tqdm(total=total, desc="reproduce", unit="fold", disable=not progress)
-    t0 = time.time()
+    bar = tqdm(total=total, desc="reproduce" if shard is None else f"shard {shard[0]}/{shard[1]}",
+               unit="fold", disable=not progress)
+    t0, trained = time.time(), 0
+    data_of: dict[Job, Any] = {}
     try:
-        for job, tests in sorted(plan.jobs.items(), key=lambda kv: kv[0].slug):
-            data = feature_data(job, tests, inputs)
-            enc_meta = _encoder_meta(job.model)
-            for seed in plan.seeds:
-                recipe = job_recipe(plan, job, seed)
-                for fold in folds_cache[(job.protocol, seed)]:
-                    bar.set_postfix_str(f"{job.slug} seed{seed} {fold.name}"[-60:])
-                    out = fold_dir(plan.recipe, job, seed, fold.name)
-                    result = train_fold(recipe, fold, data, out_dir=out, encoders=enc_meta, progress=False)
-                    for source in tests:
-                        preds[(job, source)] += _read_fold_predictions(out, source, seed)
-                    if on_fold:
-                        on_fold(job, seed, fold.name)
+        for job, tests, seed in units:
+            if job not in data_of:
+                data_of = {job: feature_data(job, tests, inputs)}  # one job's tables at a time
+            data = data_of[job]
+            enc_meta = _encoder_meta(job.model, inputs)
+            recipe = job_recipe(plan, job, seed)
+            for fold in folds_cache[(job.protocol, seed)]:
+                bar.set_postfix_str(f"{job.slug} seed{seed} {fold.name}"[-60:])
+                out = fold_dir(plan.recipe, job, seed, fold.name)
+                fplan = plan_fold(recipe, fold, data)
+                if not bundle_done(out, fplan.fingerprint):
+                    result = train_fold(recipe, fold, data, out_dir=out, encoders=enc_meta, progress=False,
+                                        fold_plan=fplan)
+                    trained += 1
                     log.debug("%s seed %d %s: test %s", job.slug, seed, fold.name,
                               {k: round(v["weighted_f1"], 4) for k, v in result.test.items()})
-                    bar.update(1)
+                if shard is None:
+                    for source in tests:
+                        preds[(job, source)] += _read_fold_predictions(out, source, seed)
+                if on_fold:
+                    on_fold(job, seed, fold.name)
+                bar.update(1)
     finally:
         bar.close()
-    log.info("%d folds in %.0f s", total, time.time() - t0)
+    log.info("%d folds (%d trained, the rest read from finished bundles) in %.0f s", total, trained,
+             time.time() - t0)
     return preds
 
 
-def _encoder_meta(model: ModelSpec) -> dict:
+def _encoder_meta(model: ModelSpec, inputs: Inputs) -> dict:
     """Encoder names, ids (version and weights checksum) and dims, for the bundles."""
-    from koemo.encoders import get_speech_encoder, get_text_encoder
-
     meta: dict[str, Any] = {}
     if model.speech:
-        e = get_speech_encoder(model.speech)
-        meta["speech"] = {"name": model.speech, "id": e.id, "dim": e.dim, "finetuned": False}
+        meta["speech"] = inputs.encoder_meta["speech"][model.speech]
     if model.text:
-        e = get_text_encoder(model.text)
-        meta["text"] = {"name": model.text, "id": e.id, "dim": e.dim,
-                        "sentence_vector": bool(getattr(e, "sentence_vector", False)), "finetuned": False}
+        meta["text"] = inputs.encoder_meta["text"][model.text]
     return meta
 
 
@@ -590,25 +712,47 @@ def auto_commentary(res: dict, plan: Plan) -> str:
 
 
 def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | None = None,
-              progress: bool = True, command: str = "", gradcam: bool = True) -> dict:
-    """Run the grid (see the module docstring), write ``results.json``, figures and the report."""
+              progress: bool = True, command: str = "", gradcam: bool = True,
+              inputs_path: str | Path | None = None, save_inputs_path: str | Path | None = None,
+              shard: str | None = None, prepare_only: bool = False) -> dict:
+    """Run the grid (see the module docstring), write ``results.json``, figures and the report.
+
+    ``save_inputs_path`` writes the prepared inputs to a pack; ``inputs_path`` reads one instead
+    of transcribing and encoding (no ASR or encoder weights needed); ``shard`` ``"I/N"`` trains
+    one share of the grid and writes no report (see :func:`run_jobs`); ``prepare_only`` stops
+    after the transcripts and features (and the pack)."""
     from koemo.evaluation.report import write_report
     from koemo.paths import atomic_write_text
 
     t0 = time.time()
     out_dir = Path(out_dir)
     plan = make_plan(recipe)
+    shard_of = parse_shard(shard)
     log.info("reproduce: %d jobs x %d seeds, main protocol %s", len(plan.jobs), len(plan.seeds), plan.main_protocol)
-    inputs, asr_rows = prepare_inputs(plan, data_dir, progress)
-    preds = run_jobs(plan, inputs, progress)
+    if inputs_path:
+        inputs = load_inputs(inputs_path, plan)
+        asr_rows = inputs.asr_rows
+    else:
+        inputs, asr_rows = prepare_inputs(plan, data_dir, progress)
+    if save_inputs_path:
+        save_inputs(inputs, save_inputs_path)
+        log.info("inputs pack written: %s", save_inputs_path)
+    if prepare_only:
+        return {"prepared": True, "meta": {"wall_time_s": round(time.time() - t0, 1)}}
+    preds = run_jobs(plan, inputs, progress, shard=shard_of)
+    if shard_of is not None:
+        return {"shard": shard, "meta": {"wall_time_s": round(time.time() - t0, 1)}}
     res = build_results(plan, inputs, preds, asr_rows)
     figures = _figures(plan, inputs, res, out_dir, gradcam=gradcam)
     import torch
 
+    machine = (f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
+               f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    if recipe.train.device.startswith("cuda") and torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name()}"
     meta = {
         "command": command or f"koemo reproduce --recipe {recipe.name}",
-        "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
-                   f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        "machine": machine,
         "wall_time_s": round(time.time() - t0, 1),
         "dataset": f"{recipe.data.dataset} ({len(inputs.utts)} utterances, labels {', '.join(inputs.labels)})",
         "protocol": plan.main_protocol,

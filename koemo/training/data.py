@@ -62,6 +62,7 @@ class FeatureData:
         self.label_list = list(label_list)
         self.label_index = {label: i for i, label in enumerate(self.label_list)}
         self._checked: set[tuple[str, str]] = set()
+        self._digests: dict[tuple[str, str], bytes] = {}  # (table, utt) -> sha256 of its array
 
     # ------------------------------------------------------------------ checks
     def check(self, ids: Sequence[str], sources: Iterable[str], split: str) -> None:
@@ -123,7 +124,9 @@ class FeatureData:
         return int(a.shape[-1]), int(t.shape[-1])
 
     def data_hash(self, parts: Iterable[tuple[Sequence[str], Iterable[str]]]) -> str:
-        """sha256 of the labels and every array a run reads: ``parts`` are (ids, text sources)."""
+        """sha256 of the labels and every array a run reads: ``parts`` are (ids, text sources).
+
+        Each array is hashed once per FeatureData (a grid hashes the same clips for every fold)."""
         h = hashlib.sha256()
         for ids, sources in parts:
             sources = sorted(set(sources))
@@ -134,9 +137,12 @@ class FeatureData:
                     if isinstance(table[uid], str):
                         h.update(f"{key}:{table[uid]}\n".encode())
                         continue
-                    arr = np.ascontiguousarray(np.asarray(table[uid]))
-                    h.update(f"{key}{arr.shape}{arr.dtype}".encode())
-                    h.update(arr.tobytes())
+                    digest = self._digests.get((key, uid))
+                    if digest is None:
+                        arr = np.ascontiguousarray(np.asarray(table[uid]))
+                        digest = hashlib.sha256(f"{arr.shape}{arr.dtype}".encode() + arr.tobytes()).digest()
+                        self._digests[(key, uid)] = digest
+                    h.update(key.encode() + digest)
         return h.hexdigest()
 
 

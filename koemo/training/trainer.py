@@ -160,7 +160,7 @@ def accumulate_step(net: nn.Module, loss_fn: Callable[[Sequence[str]], tuple[tor
 
 def _fingerprint(cfg: dict, fold: Fold, data_hash: str, world: int) -> str:
     cfg = json.loads(json.dumps(cfg))
-    for key in ("epochs", "early_stopping", "device"):  # may change between a run and its resume
+    for key in ("epochs", "early_stopping", "device", "checkpoint_every"):  # may change between a run and its resume
         cfg.get("train", {}).pop(key, None)
     doc = {"config": cfg, "fold": [fold.name, fold.train, fold.valid, fold.test], "data": data_hash,
            "world": world}
@@ -173,6 +173,61 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _rng_for(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
+
+
+@dataclass
+class FoldPlan:
+    """What a fold reads and its fingerprint: decided before training, so that a caller can tell
+    whether a finished bundle already holds this run (:func:`bundle_done`) without training."""
+
+    mode: str
+    stt: str | None
+    variant: CRVariant | None
+    labels: list[str]
+    train_sources: list[str]
+    valid_source: str
+    test_sources: list[str]
+    config: dict[str, Any]
+    data_hash: str
+    fingerprint: str
+
+
+def plan_fold(recipe: Recipe, fold: Fold, data: FeatureData) -> FoldPlan:
+    """Check the data covers the fold (clear errors, with the utterance id) and fingerprint it."""
+    tc = recipe.train
+    mode, stt = parse_text_train(tc.text)
+    variant = CRVariant(tc.cr_lambda, tc.cr_ce_path, tc.cr_kl, tc.cr_detach_target) if mode == "cr" else None
+    train_sources = {"gold": ["gold"], "asr": [stt], "cr": ["gold", stt]}[mode]
+    valid_source = "gold" if mode == "gold" else stt
+    labels = list(resolve_label_set(recipe.data.label_set))
+    if list(data.label_list) != labels:
+        raise KoemoError(f"data labels {data.label_list} differ from the recipe's {labels}")
+    data.check(fold.train, train_sources, "training")
+    data.check(fold.valid, [valid_source], "validation")
+    data.check(fold.test, [valid_source], "test")
+    test_sources = [valid_source] + sorted(
+        s for s in data.text if s != valid_source and all(u in data.text[s] for u in fold.test)
+    )
+    for s in test_sources[1:]:
+        data.check(fold.test, [s], "test")
+    data_hash = data.data_hash([(fold.train, train_sources), (fold.valid, [valid_source]),
+                                (fold.test, test_sources)])
+    cfg_dict = to_dict(recipe)
+    fingerprint = _fingerprint(cfg_dict, fold, data_hash, dist_info()[1])
+    return FoldPlan(mode, stt, variant, labels, train_sources, valid_source, test_sources, cfg_dict,
+                    data_hash, fingerprint)
+
+
+def bundle_done(out: str | Path, fingerprint: str) -> bool:
+    """Does ``out`` hold a complete bundle of exactly this run (same fingerprint)?"""
+    out = Path(out)
+    if not (out / "bundle.json").exists():
+        return False
+    try:
+        meta = read_meta(out)
+    except KoemoError:
+        return False
+    return bool(meta.get("complete")) and meta.get("fingerprint") == fingerprint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,12 +245,14 @@ def train_fold(
     callbacks: Sequence[EpochCallback] = (),
     progress: bool = True,
     resume: bool = True,
+    fold_plan: FoldPlan | None = None,
 ) -> TrainResult:
-    """Train one fold; write the bundle to ``out_dir`` (if given) after every epoch.
+    """Train one fold; write the bundle to ``out_dir`` (if given) every ``train.checkpoint_every``
+    epochs (weights + optimiser state, so a killed run resumes there) and when done.
 
     ``model`` defaults to the recipe's fusion model built for the data's dimensions; pass an
     encoders+fusion module (:mod:`koemo.training.finetune`) to train end to end, with ``data``
-    holding the encoders' raw inputs. ``callbacks(epoch, info)`` run after each epoch's bundle is
+    holding the encoders' raw inputs. ``fold_plan``: :func:`plan_fold`'s result, if the caller has it. ``callbacks(epoch, info)`` run after each epoch's bundle is
     written (``epoch`` 1-based); an exception there stops training as a kill would.
     """
     from tqdm.auto import tqdm
@@ -203,30 +260,16 @@ def train_fold(
     from koemo.fusion import build_fusion
 
     tc, mc = recipe.train, recipe.model
-    mode, stt = parse_text_train(tc.text)
-    variant = CRVariant(tc.cr_lambda, tc.cr_ce_path, tc.cr_kl, tc.cr_detach_target) if mode == "cr" else None
-    train_sources = {"gold": ["gold"], "asr": [stt], "cr": ["gold", stt]}[mode]
-    valid_source = "gold" if mode == "gold" else stt
-    if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 0:
-        raise KoemoError("train.batch_size and train.grad_accum must be >= 1, train.epochs >= 0")
-    labels = list(resolve_label_set(recipe.data.label_set))
-    if list(data.label_list) != labels:
-        raise KoemoError(f"data labels {data.label_list} differ from the recipe's {labels}")
-    data.check(fold.train, train_sources, "training")
-    data.check(fold.valid, [valid_source], "validation")
-    data.check(fold.test, [valid_source], "test")
-    test_sources = [valid_source] + sorted(
-        s for s in data.text if s != valid_source and all(u in data.text[s] for u in fold.test)
-    )
-    for s in test_sources[1:]:
-        data.check(fold.test, [s], "test")
-
+    plan = fold_plan or plan_fold(recipe, fold, data)
+    mode, stt, variant = plan.mode, plan.stt, plan.variant
+    train_sources, valid_source, test_sources = plan.train_sources, plan.valid_source, plan.test_sources
+    if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 0 or tc.checkpoint_every < 0:
+        raise KoemoError("train.batch_size and train.grad_accum must be >= 1, train.epochs and "
+                         "train.checkpoint_every >= 0")
+    labels = plan.labels
     rank, world = dist_info()
     device = tc.device
-    data_hash = data.data_hash([(fold.train, train_sources), (fold.valid, [valid_source]),
-                                (fold.test, test_sources)])
-    cfg_dict = to_dict(recipe)
-    fingerprint = _fingerprint(cfg_dict, fold, data_hash, world)
+    data_hash, cfg_dict, fingerprint = plan.data_hash, plan.config, plan.fingerprint
 
     torch.manual_seed(tc.seed)
     end_to_end = model is not None and not hasattr(model, "embed")
@@ -353,7 +396,8 @@ def train_fold(
         log.info("%s epoch %d/%d: train loss %.4f, valid weighted F1 %.4f%s (%.1f s)", fold.name, epoch + 1,
                  tc.epochs, info["train_loss"], valid["weighted_f1"], " (best)" if improved else "",
                  info["seconds"])
-        if out is not None and rank == 0:
+        every = tc.checkpoint_every
+        if out is not None and rank == 0 and every and ((epoch + 1) % every == 0 or epoch + 1 == tc.epochs):
             resume_state = {"epoch": epoch + 1, "model": _state_copy(model), "optim": optim.state_dict(),
                             "history": history, "best": best, "fingerprint": fingerprint}
             write_bundle(out, {**meta_base, "complete": False, "best_epoch": best["epoch"],

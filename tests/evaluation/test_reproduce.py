@@ -227,5 +227,55 @@ def test_reproduce_end_to_end_on_a_tiny_fixture(tiny_recipe, tmp_path):
         again = reproduce(tiny_recipe, out, progress=False)
     finally:
         trainer.train_fold = original
-    assert calls  # every fold was visited ...
-    assert again["table3"] == doc["table3"]  # ... and gave the same numbers
+    assert not calls  # every fold bundle is finished: read, not retrained ...
+    assert again["table3"] == doc["table3"]  # ... and gives the same numbers
+
+
+def test_a_packed_grid_trains_in_shards_elsewhere_and_matches(tiny_recipe, tmp_path, monkeypatch):
+    """--save-inputs here, then --inputs + --shard on a 'machine' with an empty cache and neither
+    the recogniser nor the encoders: the shards split the grid, the last run only reads them."""
+    import dataclasses
+
+    import koemo.evaluation.reproduce as rp
+    import koemo.training.trainer as trainer
+
+    pack = tmp_path / "inputs.npz"
+    here = reproduce(tiny_recipe, tmp_path / "here", progress=False, save_inputs_path=pack, gradcam=False)
+    assert pack.is_file()
+
+    elsewhere = dataclasses.replace(tiny_recipe, cache_dir=str(tmp_path / "elsewhere-cache"))
+
+    def no_prepare(*a, **kw):
+        raise AssertionError("--inputs must not transcribe or encode")
+
+    monkeypatch.setattr(rp, "prepare_inputs", no_prepare)
+    monkeypatch.setattr(ASR_BACKENDS, "get", no_prepare, raising=False)
+    trained = []
+    original = trainer.train_fold
+
+    def counting(recipe, fold, *a, **kw):
+        trained.append((recipe.model.fusion, recipe.train.text, recipe.split.protocol, recipe.split.seed, fold.name))
+        return original(recipe, fold, *a, **kw)
+
+    monkeypatch.setattr(trainer, "train_fold", counting)
+    for i in range(3):
+        shard = reproduce(elsewhere, tmp_path / "unused", progress=False, inputs_path=pack, shard=f"{i}/3")
+        assert shard["shard"] == f"{i}/3"
+    assert not (tmp_path / "unused" / "REPORT.md").exists()  # shards write no report
+    assert len(trained) == len(set(trained))  # no fold trained by two shards
+    n = len(trained)
+    final = reproduce(elsewhere, tmp_path / "there", progress=False, inputs_path=pack, gradcam=False)
+    assert len(trained) == n  # the report run trained nothing
+    assert final["table3"] == here["table3"] and final["table4"] == here["table4"]
+    assert final["asr"] == here["asr"]
+
+    with pytest.raises(KoemoError, match="I/N"):
+        reproduce(elsewhere, tmp_path / "x", progress=False, inputs_path=pack, shard="3/3")
+    bigger = dataclasses.replace(elsewhere, eval=dataclasses.replace(elsewhere.eval, table3=["mult@band-energy+other"]))
+    with pytest.raises(KoemoError, match="no text features 'other'"):
+        reproduce(bigger, tmp_path / "x", progress=False, inputs_path=pack)
+    with pytest.raises(KoemoError, match="no such inputs pack"):
+        reproduce(elsewhere, tmp_path / "x", progress=False, inputs_path=tmp_path / "missing.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(KoemoError, match="not a readable koemo inputs pack"):
+        reproduce(elsewhere, tmp_path / "x", progress=False, inputs_path=tmp_path / "bad.npz")

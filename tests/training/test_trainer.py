@@ -158,6 +158,44 @@ def test_resume_after_kill_continues_at_the_next_epoch(tmp_path):
                    out_dir=tmp_path / "run2", progress=False)
 
 
+def test_checkpoint_every_sets_where_a_killed_run_resumes(tmp_path):
+    from koemo.training.trainer import bundle_done, plan_fold
+
+    data, fold = feature_data()
+
+    class Kill(Exception):
+        pass
+
+    def kill_after(n):
+        def cb(epoch, info):
+            if epoch == n:
+                raise Kill
+        return cb
+
+    # every 2 epochs: killed after epoch 3, the run resumes after epoch 2
+    recipe = make_recipe(epochs=4, checkpoint_every=2)
+    ref = train_fold(recipe, fold, data, out_dir=tmp_path / "ref", progress=False)
+    with pytest.raises(Kill):
+        train_fold(recipe, fold, data, out_dir=tmp_path / "run", progress=False, callbacks=[kill_after(3)])
+    assert json.loads((tmp_path / "run" / "bundle.json").read_text())["epochs_done"] == 2
+    seen = []
+    res = train_fold(recipe, fold, data, out_dir=tmp_path / "run", progress=False,
+                     callbacks=[lambda e, info: seen.append(e)])
+    assert seen == [3, 4] and res.test == ref.test
+    # 0: nothing is written until the fold is finished
+    recipe0 = make_recipe(epochs=4, checkpoint_every=0)
+    with pytest.raises(Kill):
+        train_fold(recipe0, fold, data, out_dir=tmp_path / "run0", progress=False, callbacks=[kill_after(3)])
+    assert not (tmp_path / "run0").exists()
+    fp = plan_fold(recipe0, fold, data).fingerprint
+    assert not bundle_done(tmp_path / "run0", fp)
+    res0 = train_fold(recipe0, fold, data, out_dir=tmp_path / "run0", progress=False)
+    assert res0.test == ref.test  # how often it checkpoints does not change the run ...
+    assert bundle_done(tmp_path / "run0", fp)  # ... nor its fingerprint
+    assert fp == plan_fold(recipe, fold, data).fingerprint
+    assert not bundle_done(tmp_path / "run0", plan_fold(make_recipe(epochs=4, lr=0.5), fold, data).fingerprint)
+
+
 def test_early_stopping_and_class_weights():
     data, fold = feature_data()
     res = train_fold(make_recipe(epochs=6, early_stopping=1, lr=0.0, class_weights=True), fold, data,
