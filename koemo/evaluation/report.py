@@ -7,6 +7,7 @@ Layout (each section is left out when its data is missing)::
     ## Table 3: human transcripts            model | speech | text | weighted F1 | weighted acc | UA | macro F1 | paper F1
     ## Table 4: ASR transcripts at test time  ASR | model | human text | ASR-trained (change) | CR (change) | recovered
     ## ASR quality                            condition | CER | WER | sWER | utterances
+    ## Weighted F1 against SNR                SNR | CER | ASR-trained | CR | human-trained | CR - ASR-trained
     ## Protocols and leakage                  protocol | model | weighted F1 | vs. main protocol
     ## Figures                                embedded PNGs with captions
     ## Commentary                             free Markdown
@@ -18,6 +19,7 @@ The results dict (what ``koemo reproduce`` writes as ``results/results.json``)::
      "table4": [{"asr", "model", "gold": {"mean", "std"}?, "asr_trained": {"mean", "std"},
                  "cr": {"mean", "std"}, "paper": {"asr_trained", "cr"}?}],
      "asr": [{"condition", "cer", "wer", "swer", "n"}],   # fractions
+     "snr": [{"snr": dB or None (clean), "cer", "asr"/"cr"/"gold": {"mean", "std"}}],
      "protocols": [{"protocol", "model", "mean": {...}, "std": {...}}],
      "figures": [{"path": relative to the report, "caption"}],
      "commentary": markdown str}
@@ -130,6 +132,20 @@ def asr_table(rows: Sequence[Mapping]) -> str:
     return markdown_table(headers, out)
 
 
+def snr_table(points: Sequence[Mapping]) -> str:
+    """The SNR curve's numbers: CER and weighted F1 per training text, clean first, then by SNR."""
+    headers = ["SNR (dB)", "CER", "trained on ASR text", "with CR", "trained on human text", "CR - ASR-trained (pt)"]
+    ordered = sorted(points, key=lambda p: (p.get("snr") is not None, -(p.get("snr") or 0.0)))
+    out = []
+    for p in ordered:
+        a, c, g = (p.get(k) or {} for k in ("asr", "cr", "gold"))
+        gap = (c["mean"] - a["mean"]) if ("mean" in a and "mean" in c) else None
+        out.append(["clean" if p.get("snr") is None else f"{p['snr']:g}", fmt_pct(p.get("cer")),
+                    fmt_ms(a.get("mean"), a.get("std")), fmt_ms(c.get("mean"), c.get("std")),
+                    fmt_ms(g.get("mean"), g.get("std")), fmt_pt(gap)])
+    return markdown_table(headers, out, "l" + "r" * 5)
+
+
 def protocol_table(rows: Sequence[Mapping], main: str | None = None) -> str:
     """Each row's weighted F1 and its difference from the same model under the ``main`` protocol."""
     base = {r.get("model"): _score(r)[0] for r in rows if r.get("protocol") == main}
@@ -183,6 +199,10 @@ def render_markdown(results: Mapping) -> str:
                   "on human transcripts; *recovered* = CR minus ASR-trained.", "", table4(results["table4"]), ""]
     if results.get("asr"):
         parts += ["## ASR quality", "", asr_table(results["asr"]), ""]
+    if results.get("snr"):
+        parts += ["## Weighted F1 against SNR", "",
+                  "Babble noise added to the recogniser's input only (the audio branch hears the clean clip); "
+                  "all models tested on that recogniser's text.", "", snr_table(results["snr"]), ""]
     if results.get("protocols"):
         parts += ["## Protocols and leakage", "", protocol_table(results["protocols"], meta.get("protocol")), ""]
         if results.get("leakage_note"):

@@ -747,7 +747,7 @@ def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | N
     figures = _figures(plan, inputs, res, out_dir, gradcam=gradcam)
     import torch
 
-    machine = (f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
+    machine = (f"{platform.machine()} {platform.processor() or _cpu_model()}, {os.cpu_count()} CPUs, "
                f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     if recipe.train.device.startswith("cuda") and torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name()}"
@@ -773,6 +773,7 @@ def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | N
         "table3": res["table3"],
         "table4": res["table4"],
         "asr": res["asr"],
+        "snr": res["snr"],
         "protocols": res["protocols"],
         "figures": figures,
         "commentary": (commentary.strip() + "\n\n" if commentary else "")
@@ -787,6 +788,16 @@ def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | N
     atomic_write_text(out_dir / "results.json", json.dumps(doc, ensure_ascii=False, indent=1, default=_json_default))
     write_report(report, out_dir)
     return doc
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _json_default(o):

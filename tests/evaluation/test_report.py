@@ -114,3 +114,19 @@ def test_report_leaves_out_missing_sections():
     text = render_markdown({"title": "t", "table3": []})
     assert "Table 3" not in text and "Table 4" not in text and "## Commentary" in text
     assert math.isfinite(1.0)
+
+
+def test_snr_table_orders_clean_first_and_shows_the_cr_gap():
+    from koemo.evaluation.report import snr_table
+
+    text = snr_table([
+        {"snr": 0.0, "cer": 0.69, "asr": {"mean": 0.45, "std": 0.02}, "cr": {"mean": 0.525, "std": 0.03}},
+        {"snr": None, "cer": 0.083, "asr": {"mean": 0.65, "std": 0.02}, "cr": {"mean": 0.68, "std": 0.02},
+         "gold": {"mean": 0.683, "std": 0.03}},
+        {"snr": 10.0, "cer": 0.14, "asr": {"mean": 0.61, "std": 0.04}},
+    ])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "SNR" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["clean", "10", "0"]
+    assert "+3.0" in rows[0] and "+7.5" in rows[2] and "69.0%" in rows[2]
+    assert rows[1].rstrip(" |").endswith("–")  # no CR point: no gap
+    assert "## Weighted F1 against SNR" in render_markdown({"title": "t", "snr": [{"snr": None, "cer": 0.1}]})
