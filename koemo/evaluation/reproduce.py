@@ -363,6 +363,7 @@ def save_inputs(inputs: Inputs, path: str | Path) -> Path:
     box) with neither the ASR nor the encoders' weights there (``--inputs``). Identical arrays
     (the same sentence read by every speaker) are stored once."""
     import hashlib
+    import io
 
     from koemo.paths import atomic_write_bytes
 
@@ -391,8 +392,6 @@ def save_inputs(inputs: Inputs, path: str | Path) -> Path:
                  for (name, source), t in inputs.text.items()],
     }
     arrays["index"] = np.frombuffer(json.dumps(index, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
-    import io
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(Path(path), buf.getvalue())
@@ -432,8 +431,8 @@ def load_inputs(path: str | Path, plan: Plan) -> Inputs:
         for s in sources:
             if (name, s) not in inputs.text:
                 raise KoemoError(f"{path}: no text features '{name}' [{s}]; re-export the pack with this grid")
-    for kind in ("speech", "text"):
-        for name in {m for m in (plan.speech_encoders() if kind == "speech" else plan.text_needs())}:
+    for kind, names in (("speech", plan.speech_encoders()), ("text", list(plan.text_needs()))):
+        for name in names:
             if name not in inputs.encoder_meta.get(kind, {}):
                 raise KoemoError(f"{path}: no id recorded for {kind} encoder '{name}'")
     for table_name, table in [(f"speech {n}", t) for n, t in inputs.speech.items()] + \

@@ -8,7 +8,8 @@
                        an MLP (``hidden`` units) classifies
 ``fusion-transformer`` Khan et al. 2020: kernel-3 conv maps each modality to ``hidden``, add a
                        learned modality embedding, concatenate along time, one self-attention
-                       layer over both, masked mean-pool, classify
+                       layer over both, masked mean-pool each modality's positions,
+                       concatenate, classify
 ``mult``               Tsai et al. 2019 (one layer): kernel-3 conv to ``hidden``; audio queries
                        text and text queries audio (cross-modal attention + feed-forward,
                        residual, layer norm), masked mean-pool each, concatenate, classify
@@ -96,7 +97,7 @@ class FusionTransformer(FusionModel):
         self.modality_embedding = nn.Embedding(2, hidden)
         self.encoder = SelfAttentionStack(hidden, heads, layers, dropout)
         self.drop = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, n_labels)
+        self.classifier = nn.Linear(2 * hidden, n_labels)
 
     def embed(self, audio, audio_mask, text, text_mask):
         return self.audio_proj(audio, audio_mask), self.text_proj(text, text_mask)
@@ -107,7 +108,11 @@ class FusionTransformer(FusionModel):
         x = torch.cat([a, t], dim=1)
         mask = torch.cat([audio_mask, text_mask], dim=1)
         x = self.encoder(zero_padding(x, mask), mask)
-        return self.classifier(self.drop(masked_mean(x, mask)))
+        # Pool each modality's positions separately: one mean over the joint sequence would give
+        # ~20 text tokens a ~6% weight against ~300 audio frames.
+        n_audio = a.shape[1]
+        pooled = torch.cat([masked_mean(x[:, :n_audio], audio_mask), masked_mean(x[:, n_audio:], text_mask)], dim=1)
+        return self.classifier(self.drop(pooled))
 
 
 class CrossModalLayer(nn.Module):
