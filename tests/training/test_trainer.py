@@ -237,3 +237,16 @@ def test_empty_split_is_refused():
     fold.valid = []
     with pytest.raises(KoemoError, match="validation split is empty"):
         train_fold(make_recipe(), fold, data, progress=False)
+
+
+def test_a_bundle_trained_with_audio_pool_loads_with_it(tmp_path):
+    """``koemo predict``/``serve`` rebuild the model with load_bundle: audio_pool must survive the
+    round trip, or the loaded model would attend over unpooled frames."""
+    data, fold = feature_data()
+    recipe = make_recipe(fusion="fusion-transformer", epochs=2)
+    recipe.model.audio_pool = 3
+    res = train_fold(recipe, fold, data, out_dir=tmp_path / "b", progress=False)
+    b = load_bundle(tmp_path / "b")
+    assert b.model.audio_pool == 3 and b.meta["model"]["audio_pool"] == 3
+    np.testing.assert_allclose(predict_proba(b.model, data, fold.test, "gold"),
+                               predict_proba(res.model, data, fold.test, "gold"), atol=1e-6)
