@@ -505,12 +505,11 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
     bar = tqdm(total=total, desc="reproduce" if shard is None else f"shard {shard[0]}/{shard[1]}",
                unit="fold", disable=not progress)
     t0, trained = time.time(), 0
-    data_of: dict[Job, Any] = {}
+    data_job, data = None, None  # one job's tables at a time (units come sorted by job)
     try:
         for job, tests, seed in units:
-            if job not in data_of:
-                data_of = {job: feature_data(job, tests, inputs)}  # one job's tables at a time
-            data = data_of[job]
+            if job != data_job:
+                data_job, data = job, feature_data(job, tests, inputs)
             enc_meta = _encoder_meta(job.model, inputs)
             recipe = job_recipe(plan, job, seed)
             for fold in folds_cache[(job.protocol, seed)]:
