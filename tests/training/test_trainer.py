@@ -194,6 +194,8 @@ def test_checkpoint_every_sets_where_a_killed_run_resumes(tmp_path):
     assert bundle_done(tmp_path / "run0", fp)  # ... nor its fingerprint
     assert fp == plan_fold(recipe, fold, data).fingerprint
     assert not bundle_done(tmp_path / "run0", plan_fold(make_recipe(epochs=4, lr=0.5), fold, data).fingerprint)
+    with pytest.raises(KoemoError, match="checkpoint_every >= 0"):
+        train_fold(make_recipe(checkpoint_every=-1), fold, data, progress=False)
 
 
 def test_early_stopping_and_class_weights():
