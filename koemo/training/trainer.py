@@ -162,6 +162,9 @@ def _fingerprint(cfg: dict, fold: Fold, data_hash: str, world: int) -> str:
     cfg = json.loads(json.dumps(cfg))
     for key in ("epochs", "early_stopping", "device", "checkpoint_every"):  # may change between a run and its resume
         cfg.get("train", {}).pop(key, None)
+    # The evaluation grid does not change how a fold trains (what it is tested on is in the data
+    # hash): adding a row to eval.table3 must not retrain every other fold of koemo reproduce.
+    cfg.pop("eval", None)
     doc = {"config": cfg, "fold": [fold.name, fold.train, fold.valid, fold.test], "data": data_hash,
            "world": world}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()

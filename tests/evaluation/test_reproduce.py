@@ -230,6 +230,19 @@ def test_reproduce_end_to_end_on_a_tiny_fixture(tiny_recipe, tmp_path):
     assert not calls  # every fold bundle is finished: read, not retrained ...
     assert again["table3"] == doc["table3"]  # ... and gives the same numbers
 
+    # a bigger grid trains only what it adds: the other folds' fingerprints ignore the eval section
+    import dataclasses
+
+    bigger = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(
+        tiny_recipe.eval, table3=tiny_recipe.eval.table3 + ["mult@band-energy+char-hash"]))
+    trainer.train_fold = counting
+    try:
+        grown = reproduce(bigger, out, progress=False, gradcam=False)
+    finally:
+        trainer.train_fold = original
+    assert len(calls) == 2 * 2 * 2  # mult, 2 seeds x 4 folds (2 x 2 speaker-sentence grid)
+    assert grown["table3"][:3] == doc["table3"]
+
 
 def test_a_packed_grid_trains_in_shards_elsewhere_and_matches(tiny_recipe, tmp_path, monkeypatch):
     """--save-inputs here, then --inputs + --shard on a 'machine' with an empty cache and neither
