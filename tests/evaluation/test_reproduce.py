@@ -289,6 +289,24 @@ def test_a_packed_grid_trains_in_shards_elsewhere_and_matches(tiny_recipe, tmp_p
         reproduce(bigger, tmp_path / "x", progress=False, inputs_path=pack)
     with pytest.raises(KoemoError, match="no such inputs pack"):
         reproduce(elsewhere, tmp_path / "x", progress=False, inputs_path=tmp_path / "missing.npz")
+    def repacked(name, edit):
+        with np.load(pack) as z:
+            arrays = {k: z[k] for k in z.files}
+        index = json.loads(bytes(arrays["index"]).decode("utf-8"))
+        edit(index)
+        arrays["index"] = np.frombuffer(json.dumps(index).encode("utf-8"), dtype=np.uint8)
+        np.savez(tmp_path / name, **arrays)
+        return tmp_path / name
+
+    with pytest.raises(KoemoError, match="inputs pack format 'koemo-inputs-0'"):
+        reproduce(elsewhere, tmp_path / "x", progress=False,
+                  inputs_path=repacked("old.npz", lambda i: i.update(format="koemo-inputs-0")))
+    with pytest.raises(KoemoError, match="packed labels .* differ from the recipe's"):
+        reproduce(elsewhere, tmp_path / "x", progress=False,
+                  inputs_path=repacked("labels.npz", lambda i: i.update(labels=["calm", "joy", "grief", "rage"])))
+    with pytest.raises(KoemoError, match="no id recorded for speech encoder 'band-energy'"):
+        reproduce(elsewhere, tmp_path / "x", progress=False,
+                  inputs_path=repacked("noid.npz", lambda i: i["encoder_meta"]["speech"].clear()))
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(KoemoError, match="not a readable koemo inputs pack"):
         reproduce(elsewhere, tmp_path / "x", progress=False, inputs_path=tmp_path / "bad.npz")
