@@ -96,6 +96,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 1  # epochs between resumable checkpoints; 0 = only the finished bundle
+    # fp32 | bf16: bf16 runs the forward passes under autocast (matmuls in bfloat16, weights,
+    # optimiser and losses in fp32); ~1.6x faster on CPUs with AVX512-BF16 (benchmarks/bench_training.py)
+    precision: str = "fp32"
 
 
 def _list(*items):
@@ -128,6 +131,9 @@ class EvalConfig:
         "shallow@whisper-base-encoder+embeddinggemma-300m",
         "fusion-transformer@whisper-base-encoder+embeddinggemma-300m",
         "mult@whisper-base-encoder+embeddinggemma-300m")
+    # Where the grid's fold bundles go (default <cache>/reproduce/<recipe name>). A grid with other
+    # model or training settings gets its own, or its folds would replace the default grid's.
+    runs_dir: str | None = None
     # A grid fold takes seconds to minutes: by default it is the unit of resume (no per-epoch
     # checkpoint, which for the attention fusions writes ~160 MB per epoch).
     checkpoint_every: int = 0

@@ -95,16 +95,30 @@ def score(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], p
     return compute_metrics(list(y_true), list(y_pred), list(labels), probs).scalars()
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: str, precision: str = "fp32"):
+    """The context the forward passes run in: plain fp32, or bfloat16 autocast (``train.precision``)."""
+    if precision not in PRECISIONS:
+        raise KoemoError(f"train.precision={precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, data: FeatureData, ids: Sequence[str], source: str,
-                  batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+                  batch_size: int = 64, device: str = "cpu", precision: str = "fp32") -> np.ndarray:
     """Class probabilities ``[N, C]`` for ``ids`` read with text ``source`` (model in eval mode)."""
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(ids), batch_size):
         b = to_device(data.batch([(u, source) for u in ids[i:i + batch_size]]), device)
-        out.append(torch.softmax(model(**b).float(), dim=-1).cpu())
+        with autocast(device, precision):
+            logits = model(**b)
+        out.append(torch.softmax(logits.float(), dim=-1).cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, len(data.label_list)))
 
@@ -162,6 +176,8 @@ def _fingerprint(cfg: dict, fold: Fold, data_hash: str, world: int) -> str:
     cfg = json.loads(json.dumps(cfg))
     for key in ("epochs", "early_stopping", "device", "checkpoint_every"):  # may change between a run and its resume
         cfg.get("train", {}).pop(key, None)
+    if cfg.get("train", {}).get("precision") == "fp32":  # the default: fingerprints from before the field stay valid
+        cfg["train"].pop("precision")
     # The evaluation grid does not change how a fold trains (what it is tested on is in the data
     # hash): adding a row to eval.table3 must not retrain every other fold of koemo reproduce.
     cfg.pop("eval", None)
@@ -269,9 +285,10 @@ def train_fold(
     if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 0 or tc.checkpoint_every < 0:
         raise KoemoError("train.batch_size and train.grad_accum must be >= 1, train.epochs and "
                          "train.checkpoint_every >= 0")
+    device, precision = tc.device, tc.precision
+    autocast(device, precision)  # refuses an unknown precision before any work
     labels = plan.labels
     rank, world = dist_info()
-    device = tc.device
     data_hash, cfg_dict, fingerprint = plan.data_hash, plan.config, plan.fingerprint
 
     torch.manual_seed(tc.seed)
@@ -320,10 +337,14 @@ def train_fold(
         y = data.y(ids).to(device)
         if mode == "cr":
             b = data.batch([(u, "gold") for u in ids] + [(u, stt) for u in ids])
-            logits = net(**to_device(b, device))
+            with autocast(device, precision):
+                logits = net(**to_device(b, device))
+            logits = logits.float()
             return cr_sum(logits[: len(ids)], logits[len(ids):], y, variant, cw)
         b = data.batch([(u, train_sources[0]) for u in ids])
-        loss = ce_sum(net(**to_device(b, device)), y, cw)
+        with autocast(device, precision):
+            logits = net(**to_device(b, device))
+        loss = ce_sum(logits.float(), y, cw)
         return loss, {"ce": float(loss.detach())}
 
     meta_base = {
@@ -370,7 +391,7 @@ def train_fold(
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss'] * world / max(1, (s + 1) * tc.batch_size):.3f}")
         bar.close()
-        probs = predict_proba(model, data, fold.valid, valid_source, tc.batch_size, device)
+        probs = predict_proba(model, data, fold.valid, valid_source, tc.batch_size, device, precision)
         pred = [labels[i] for i in probs.argmax(1)]
         valid = score([data.labels[u] for u in fold.valid], pred, labels, probs)
         # Small validation sets tie often: among equal F1, the lower validation NLL wins.
@@ -419,7 +440,7 @@ def train_fold(
         best = {"f1": float("nan"), "epoch": 0, "state": _state_copy(model), "bad": 0}
     model.load_state_dict(best["state"])
     model.eval()
-    valid_probs = predict_proba(model, data, fold.valid, valid_source, tc.batch_size, device)
+    valid_probs = predict_proba(model, data, fold.valid, valid_source, tc.batch_size, device, precision)
     valid = score([data.labels[u] for u in fold.valid], [labels[i] for i in valid_probs.argmax(1)],
                   labels, valid_probs)
     test: dict[str, dict[str, float]] = {}
@@ -427,7 +448,7 @@ def train_fold(
     from koemo.evaluation.metrics import Prediction
 
     for source in test_sources:
-        probs = predict_proba(model, data, fold.test, source, tc.batch_size, device)
+        probs = predict_proba(model, data, fold.test, source, tc.batch_size, device, precision)
         pred = [labels[i] for i in probs.argmax(1)]
         test[source] = score([data.labels[u] for u in fold.test], pred, labels, probs)
         predictions[source] = [

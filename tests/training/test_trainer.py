@@ -252,3 +252,26 @@ def test_a_bundle_trained_with_audio_pool_loads_with_it(tmp_path):
     assert b.model.audio_pool == 3 and b.meta["model"]["audio_pool"] == 3
     np.testing.assert_allclose(predict_proba(b.model, data, fold.test, "gold"),
                                predict_proba(res.model, data, fold.test, "gold"), atol=1e-6)
+
+
+def test_bf16_precision_learns_changes_the_numbers_and_keeps_old_fingerprints():
+    import dataclasses
+
+    from koemo.training.trainer import _fingerprint, plan_fold
+
+    data, fold = feature_data()
+    kw = dict(fusion="fusion-transformer", epochs=4, text="cr:fake")
+    fp32 = train_fold(make_recipe(**kw), fold, data, progress=False)
+    bf16 = train_fold(make_recipe(precision="bf16", **kw), fold, data, progress=False)
+    assert bf16.test["gold"]["weighted_f1"] > 0.5 and bf16.test["asr:fake"]["weighted_f1"] > 0.5
+    p32 = np.array([p.probs for p in fp32.predictions["gold"]])
+    p16 = np.array([p.probs for p in bf16.predictions["gold"]])
+    assert np.isfinite(p16).all() and np.abs(p32 - p16).max() > 1e-4  # autocast really ran
+    # a bf16 run is another run; an fp32 run keeps the fingerprint it had before the field existed
+    fp = plan_fold(make_recipe(**kw), fold, data)
+    assert fp.fingerprint != plan_fold(make_recipe(precision="bf16", **kw), fold, data).fingerprint
+    old_cfg = dataclasses.asdict(make_recipe(**kw))
+    del old_cfg["train"]["precision"]
+    assert _fingerprint(old_cfg, fold, fp.data_hash, 1) == fp.fingerprint
+    with pytest.raises(KoemoError, match="train.precision='fp16'"):
+        train_fold(make_recipe(precision="fp16"), fold, data, progress=False)
