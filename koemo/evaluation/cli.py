@@ -72,6 +72,8 @@ def reproduce(
                                          "written by --save-inputs (no ASR or encoder weights needed)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: train only this share of the grid (run N "
                                         "of these in parallel, then once without --shard for the report)."),
+    only: Optional[str] = typer.Option(None, "--only", help="REGEX: train only the grid's jobs whose name "
+                                       "matches (the most wanted rows first); writes no report."),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Stop after transcripts and features "
                                       "(and --save-inputs): the CPU half of a run finished on a GPU box."),
     set_: Optional[list[str]] = SetOpt,
@@ -91,14 +93,15 @@ def reproduce(
     cfg = recipe_from(recipe, overrides)
     command = "koemo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     doc = run(cfg, out, data_dir, command=command, gradcam=gradcam, inputs_path=inputs,
-              save_inputs_path=save_inputs, shard=shard, prepare_only=prepare_only)
+              save_inputs_path=save_inputs, shard=shard, prepare_only=prepare_only, only=only)
     if prepare_only:
         typer.echo(f"inputs prepared ({doc['meta']['wall_time_s'] / 60:.1f} min)"
                    + (f": {save_inputs}" if save_inputs else ""))
         return
-    if shard:
-        typer.echo(f"shard {shard} trained ({doc['meta']['wall_time_s'] / 60:.1f} min); "
-                   "run without --shard to write the report")
+    if shard or only:
+        what = " and ".join(x for x in (f"shard {shard}" if shard else "", f"jobs matching {only!r}" if only else "") if x)
+        typer.echo(f"{what} trained ({doc['meta']['wall_time_s'] / 60:.1f} min); "
+                   "run without --shard/--only to write the report")
         return
     typer.echo(f"report: {Path(out) / 'REPORT.md'} ({doc['meta']['wall_time_s'] / 60:.1f} min)")
 

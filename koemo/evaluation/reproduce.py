@@ -294,8 +294,11 @@ def job_recipe(plan: Plan, job: Job, seed: int) -> Recipe:
 
 
 def runs_root(recipe: Recipe) -> Path:
+    """Where the fold bundles go: ``eval.runs_dir``, else ``<cache>/reproduce/<recipe name>``."""
     from koemo.paths import cache_root
 
+    if recipe.eval.runs_dir:
+        return Path(recipe.eval.runs_dir).expanduser()
     return cache_root(recipe.cache_dir) / "reproduce" / recipe.name
 
 
@@ -482,14 +485,16 @@ def parse_shard(shard: str | None) -> tuple[int, int] | None:
 
 def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
              on_fold: Callable[[Job, int, str], None] | None = None,
-             shard: tuple[int, int] | None = None) -> dict[tuple[Job, str], list]:
+             shard: tuple[int, int] | None = None, only: str | None = None) -> dict[tuple[Job, str], list]:
     """Train (or reuse) every fold of every job and seed; return pooled test predictions keyed by
     (job, test source), each prediction carrying its seed.
 
     A fold whose finished bundle has the same fingerprint is read, not retrained. With ``shard``
     ``(i, n)`` only every n-th (job, seed) unit, starting at i, is trained and nothing is returned:
     n processes (or machines sharing the cache) split the grid, then a run without a shard reads
-    their bundles and writes the report."""
+    their bundles and writes the report. ``only`` (a regular expression) trains just the jobs
+    whose slug it matches (``koemo reproduce --only``: the most wanted rows first) and likewise
+    returns nothing."""
     from tqdm.auto import tqdm
 
     from koemo.training.trainer import bundle_done, plan_fold, train_fold
@@ -498,10 +503,20 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
                    for p in {j.protocol for j in plan.jobs} for s in plan.seeds}
     units = [(job, tests, seed) for job, tests in sorted(plan.jobs.items(), key=lambda kv: kv[0].slug)
              for seed in plan.seeds]
+    if only is not None:
+        try:
+            pattern = re.compile(only)
+        except re.error as e:
+            raise KoemoError(f"--only {only!r}: not a regular expression ({e})") from None
+        units = [u for u in units if pattern.search(u[0].slug)]
+        if not units:
+            raise KoemoError(f"--only {only!r} matches no job of the grid; its jobs: "
+                             + ", ".join(sorted({j.slug for j in plan.jobs})))
     if shard is not None:
         units = units[shard[0]::shard[1]]
     total = sum(len(folds_cache[(job.protocol, seed)]) for job, _, seed in units)
     preds: dict[tuple[Job, str], list] = defaultdict(list)
+    partial = shard is not None or only is not None
     bar = tqdm(total=total, desc="reproduce" if shard is None else f"shard {shard[0]}/{shard[1]}",
                unit="fold", disable=not progress)
     t0, trained = time.time(), 0
@@ -522,7 +537,7 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
                     trained += 1
                     log.debug("%s seed %d %s: test %s", job.slug, seed, fold.name,
                               {k: round(v["weighted_f1"], 4) for k, v in result.test.items()})
-                if shard is None:
+                if not partial:
                     for source in tests:
                         preds[(job, source)] += _read_fold_predictions(out, source, seed)
                 if on_fold:
@@ -713,12 +728,13 @@ def auto_commentary(res: dict, plan: Plan) -> str:
 def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | None = None,
               progress: bool = True, command: str = "", gradcam: bool = True,
               inputs_path: str | Path | None = None, save_inputs_path: str | Path | None = None,
-              shard: str | None = None, prepare_only: bool = False) -> dict:
+              shard: str | None = None, prepare_only: bool = False, only: str | None = None) -> dict:
     """Run the grid (see the module docstring), write ``results.json``, figures and the report.
 
     ``save_inputs_path`` writes the prepared inputs to a pack; ``inputs_path`` reads one instead
     of transcribing and encoding (no ASR or encoder weights needed); ``shard`` ``"I/N"`` trains
-    one share of the grid and writes no report (see :func:`run_jobs`); ``prepare_only`` stops
+    one share of the grid and writes no report (see :func:`run_jobs`), as does ``only`` (a regular
+    expression: train just the jobs whose slug matches); ``prepare_only`` stops
     after the transcripts and features (and the pack)."""
     from koemo.evaluation.report import write_report
     from koemo.paths import atomic_write_text
@@ -738,9 +754,9 @@ def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | N
         log.info("inputs pack written: %s", save_inputs_path)
     if prepare_only:
         return {"prepared": True, "meta": {"wall_time_s": round(time.time() - t0, 1)}}
-    preds = run_jobs(plan, inputs, progress, shard=shard_of)
-    if shard_of is not None:
-        return {"shard": shard, "meta": {"wall_time_s": round(time.time() - t0, 1)}}
+    preds = run_jobs(plan, inputs, progress, shard=shard_of, only=only)
+    if shard_of is not None or only is not None:
+        return {"shard": shard, "only": only, "meta": {"wall_time_s": round(time.time() - t0, 1)}}
     res = build_results(plan, inputs, preds, asr_rows)
     figures = _figures(plan, inputs, res, out_dir, gradcam=gradcam)
     import torch
@@ -758,7 +774,10 @@ def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | N
         "seeds": plan.seeds,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "training": f"{recipe.train.epochs} epochs, lr {recipe.train.lr:g}, batch {recipe.train.batch_size}, "
-                    f"CR lambda {recipe.train.cr_lambda:g} ({recipe.train.cr_kl}, CE on {recipe.train.cr_ce_path})",
+                    f"CR lambda {recipe.train.cr_lambda:g} ({recipe.train.cr_kl}, CE on {recipe.train.cr_ce_path}), "
+                    f"{recipe.train.precision}",
+        "model": f"hidden {recipe.model.hidden}, {recipe.model.layers} layer(s), {recipe.model.heads} heads, "
+                 f"audio_pool {recipe.model.audio_pool}",
     }
     summaries = res.pop("_summaries")
     detail = {f"{job.slug}|{source}": s for (job, source), s in summaries.items()}

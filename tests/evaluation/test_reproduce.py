@@ -310,3 +310,36 @@ def test_a_packed_grid_trains_in_shards_elsewhere_and_matches(tiny_recipe, tmp_p
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(KoemoError, match="not a readable koemo inputs pack"):
         reproduce(elsewhere, tmp_path / "x", progress=False, inputs_path=tmp_path / "bad.npz")
+
+
+def test_only_trains_the_matching_jobs_into_the_grids_runs_dir(tiny_recipe, tmp_path, monkeypatch):
+    """--only REGEX trains just those jobs (no report); eval.runs_dir keeps another grid's folds
+    apart from the default grid's; the report run then trains only what is left."""
+    import dataclasses
+
+    import koemo.training.trainer as trainer
+    from koemo.evaluation.reproduce import runs_root
+
+    runs = tmp_path / "h128-runs"
+    recipe = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(tiny_recipe.eval, runs_dir=str(runs)))
+    trained = []
+    original = trainer.train_fold
+
+    def counting(r, fold, *a, **kw):
+        trained.append(r.train.text)
+        return original(r, fold, *a, **kw)
+
+    monkeypatch.setattr(trainer, "train_fold", counting)
+    doc = reproduce(recipe, tmp_path / "out", progress=False, gradcam=False, only=r"\.cr_")
+    assert doc["only"] == r"\.cr_" and not (tmp_path / "out" / "REPORT.md").exists()
+    assert trained and all(t.startswith("cr:") for t in trained)
+    assert runs_root(recipe) == runs and all(".cr_" in p.name for p in runs.iterdir())
+    assert not runs_root(tiny_recipe).exists()  # the default grid's folds are elsewhere, untouched
+    n = len(trained)
+    full = reproduce(recipe, tmp_path / "out", progress=False, gradcam=False)
+    assert trained[n:] and not any(t.startswith("cr:") for t in trained[n:])  # the CR folds were reused
+    assert full["table4"] and (tmp_path / "out" / "REPORT.md").is_file()
+    with pytest.raises(KoemoError, match="matches no job of the grid"):
+        reproduce(recipe, tmp_path / "x", progress=False, only="no-such-job")
+    with pytest.raises(KoemoError, match="not a regular expression"):
+        reproduce(recipe, tmp_path / "x", progress=False, only="(")
