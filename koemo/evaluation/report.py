@@ -161,13 +161,14 @@ def protocol_table(rows: Sequence[Mapping], main: str | None = None) -> str:
 
 def _meta_lines(meta: Mapping) -> list[str]:
     names = [("command", "Command"), ("machine", "Machine"), ("wall_time_s", "Wall time"),
+             ("training_s", "Training (all folds, summed over processes)"),
              ("dataset", "Dataset"), ("protocol", "Main protocol"), ("seeds", "Seeds"), ("date", "Date")]
     lines = []
     for key, name in names:
         if key not in meta or meta[key] in (None, ""):
             continue
         value = meta[key]
-        if key == "wall_time_s":
+        if key in ("wall_time_s", "training_s"):
             value = f"{float(value) / 60:.1f} min ({float(value):.0f} s)"
         elif key == "command":
             value = f"`{value}`"

@@ -550,6 +550,20 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
     return preds
 
 
+def training_seconds(plan: Plan, inputs: Inputs) -> float:
+    """Seconds spent training the grid's folds, summed from their bundles' epoch times: what the
+    report states even when shards or earlier runs did the training (the report pass only reads)."""
+    from koemo.training.bundle import read_meta
+
+    total = 0.0
+    for job in plan.jobs:
+        for seed in plan.seeds:
+            for fold in folds_for(plan, inputs.utts, job.protocol, seed):
+                history = read_meta(fold_dir(plan.recipe, job, seed, fold.name)).get("history", [])
+                total += sum(float(h.get("seconds", 0.0)) for h in history)
+    return total
+
+
 def _encoder_meta(model: ModelSpec, inputs: Inputs) -> dict:
     """Encoder names, ids (version and weights checksum) and dims, for the bundles."""
     meta: dict[str, Any] = {}
@@ -769,6 +783,7 @@ def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | N
         "command": command or f"koemo reproduce --recipe {recipe.name}",
         "machine": machine,
         "wall_time_s": round(time.time() - t0, 1),
+        "training_s": round(training_seconds(plan, inputs), 1),
         "dataset": f"{recipe.data.dataset} ({len(inputs.utts)} utterances, labels {', '.join(inputs.labels)})",
         "protocol": plan.main_protocol,
         "seeds": plan.seeds,
