@@ -1,11 +1,13 @@
 """Seconds per training epoch: frozen features read from the feature store vs. the same frozen
 encoders computed on the fly (what training without a store costs), and optionally end-to-end
-fine-tuning (the encoders' torch modules in the backward pass).
+fine-tuning (the encoders' torch modules in the backward pass), and the same store epoch with
+bfloat16 autocast (``train.precision=bf16``).
 
 A small subset is enough to see the ratio (default: the first 16 utterances of the recipe's
 manifest; the ratio does not depend on the size). The store is filled first if needed (not timed).
 
     nice -n 10 python benchmarks/bench_training.py --recipe emotiontts --n 16 [--finetune] [--json]
+    python benchmarks/bench_training.py --n 64 --fusion fusion-transformer --hidden 128 --audio-pool 16
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import time
 import torch
 
 
-def epoch_loop(batches, features_of, model, optim, labels_of):
+def epoch_loop(batches, features_of, model, optim, labels_of, precision="fp32"):
     """One epoch: for each batch get features (from the store or computed), forward, backward, step."""
     from koemo.training.data import pad
     from koemo.training.losses import ce_sum
+    from koemo.training.trainer import autocast
 
     model.train()
     t0 = time.perf_counter()
@@ -29,7 +32,9 @@ def epoch_loop(batches, features_of, model, optim, labels_of):
         a, am = pad(audio)
         t, tm = pad(text)
         optim.zero_grad()
-        loss = ce_sum(model(a, am, t, tm), labels_of(ids)) / len(ids)
+        with autocast("cpu", precision):
+            logits = model(a, am, t, tm)
+        loss = ce_sum(logits.float(), labels_of(ids)) / len(ids)
         loss.backward()
         optim.step()
     return time.perf_counter() - t0
@@ -41,6 +46,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="utterances in the subset")
     ap.add_argument("--fusion", default="shallow")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=None, help="model.hidden (default: the recipe's)")
+    ap.add_argument("--audio-pool", type=int, default=None, help="model.audio_pool (default: the recipe's)")
     ap.add_argument("--finetune", action="store_true", help="also time end-to-end fine-tuning")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -52,7 +59,9 @@ def main() -> None:
     from koemo.fusion import build_fusion
     from koemo.training.features import load_features
 
-    recipe = recipe_from(args.recipe, [])
+    overrides = [f"model.hidden={args.hidden}"] if args.hidden else []
+    overrides += [f"model.audio_pool={args.audio_pool}"] if args.audio_pool else []
+    recipe = recipe_from(args.recipe, overrides)
     from koemo.data.prepare import load_or_prepare
 
     _, utts = load_or_prepare(recipe)
@@ -74,7 +83,8 @@ def main() -> None:
     def fresh():
         torch.manual_seed(0)
         m = build_fusion(args.fusion, se.dim, te.dim, len(labels), hidden=recipe.model.hidden,
-                         heads=recipe.model.heads, dropout=recipe.model.dropout)
+                         heads=recipe.model.heads, dropout=recipe.model.dropout,
+                         audio_pool=recipe.model.audio_pool)
         return m, torch.optim.Adam(m.parameters(), lr=recipe.train.lr)
 
     def from_store(b):
@@ -93,12 +103,18 @@ def main() -> None:
     m, o = fresh()
     store_s = epoch_loop(batches, from_store, m, o, labels_of)
     m, o = fresh()
+    epoch_loop(batches[:1], from_store, m, o, labels_of, "bf16")  # bf16 kernels' first-call costs
+    m, o = fresh()
+    bf16_s = epoch_loop(batches, from_store, m, o, labels_of, "bf16")
+    m, o = fresh()
     fly_s = epoch_loop(batches, on_the_fly, m, o, labels_of)
     result = {"recipe": args.recipe, "utterances": len(ids), "fusion": args.fusion, "hidden": recipe.model.hidden,
+              "audio_pool": recipe.model.audio_pool,
               "batch_size": args.batch_size, "speech": meta["speech"]["id"], "text": meta["text"]["id"],
               "threads": torch.get_num_threads(), "store_fill_s": round(fill, 2),
               "epoch_s_from_store": round(store_s, 3), "epoch_s_on_the_fly": round(fly_s, 3),
-              "speedup": round(fly_s / max(store_s, 1e-9), 1)}
+              "speedup": round(fly_s / max(store_s, 1e-9), 1),
+              "epoch_s_from_store_bf16": round(bf16_s, 3), "bf16_speedup": round(store_s / max(bf16_s, 1e-9), 2)}
     if args.finetune:
         from koemo.training.finetune import EndToEnd
 
