@@ -2,7 +2,9 @@
 
 Normalisation (:func:`normalize`), applied to reference and hypothesis alike:
   1. Unicode NFC (decomposed jamo from some tools compose into syllables) and lower case;
-  2. ``%`` -> 퍼센트, Arabic numbers -> their Korean reading (:mod:`koemo.asr.numbers`);
+  2. ``%`` -> 퍼센트, Arabic numbers -> their Korean reading (:mod:`koemo.asr.numbers`); Vosk's
+     Korean model writes a number it hears as a bracketed class token (``[1] 달`` for 한 달),
+     which is read the same way;
   3. every punctuation or symbol character (Unicode categories P*, S*) removed;
   4. whitespace collapsed to single spaces.
 
@@ -19,6 +21,7 @@ long utterances weigh by their length. Rates can exceed 1.0 (hallucinated insert
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -28,9 +31,12 @@ from koemo.asr.numbers import spell_numbers
 from koemo.errors import KoemoError
 
 
+_NUMBER_TOKEN = re.compile(r"\[(\d+)\]")
+
+
 def normalize(text: str) -> str:
     text = unicodedata.normalize("NFC", text).lower().replace("%", "퍼센트")
-    text = spell_numbers(text)
+    text = spell_numbers(_NUMBER_TOKEN.sub(r"\1", text))
     text = "".join(" " if ch.isspace() else ch for ch in text if not unicodedata.category(ch)[0] in "PS")
     return " ".join(text.split())
 

@@ -86,6 +86,14 @@ def test_digits_score_equal_to_hangul_numbers():
     assert score(["삼점오퍼센트"], ["3.5%"]).cer == 0.0
 
 
+def test_vosk_number_tokens_are_read_as_numbers():
+    # vosk-ko's output on an EmotionTTS clip: "[1]" is the number it heard (한, before the counter 달)
+    ref = "드디어 내일이 한 달 동안 기다리던 월급날이라서 그런지 기분 최고야."
+    hyp = "드디어 내일 이 [1] 달동안 기다리던 월급날 이라서 그런지 기분 최고 야"
+    assert score([ref], [hyp]).cer == 0.0
+    assert normalize("[4] 개 [19]") == "네 개 십구"
+
+
 def test_empty_hypotheses_are_counted():
     s = score(["가나", "다라"], ["", "다라"])
     assert s.empty_hypotheses == 1
