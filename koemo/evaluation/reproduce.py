@@ -723,10 +723,10 @@ def auto_commentary(res: dict, plan: Plan) -> str:
         crs = [r["cr"]["mean"] - r["gold"]["mean"] for r in res["table4"]]
         rec = [r["cr"]["mean"] - r["asr_trained"]["mean"] for r in res["table4"]]
         wins = sum(x > 0 for x in rec)
-        lines.append(f"- ASR text costs {-100 * np.mean(drops):+.1f} pt on average when trained on it "
-                     f"(paper: 5.9 to 8.3 pt), {-100 * np.mean(crs):+.1f} pt with CR; CR recovers "
-                     f"{100 * np.mean(rec):+.1f} pt on average and beats ASR-trained in {wins} of {len(rec)} rows "
-                     f"(paper: +2.4 to +4.6 pt, 6 of 6).")
+        lines.append(f"- Against the same model on human text, training and testing on ASR text changes weighted F1 "
+                     f"by {100 * np.mean(drops):+.1f} pt on average (paper: -5.9 to -8.3 pt), with CR by "
+                     f"{100 * np.mean(crs):+.1f} pt; CR recovers {100 * np.mean(rec):+.1f} pt on average and beats "
+                     f"ASR-trained in {wins} of {len(rec)} rows (paper: +2.4 to +4.6 pt, 6 of 6).")
     main = plan.main_protocol
     by = defaultdict(dict)
     for r in res["protocols"]:
@@ -776,7 +776,7 @@ def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | N
     import torch
 
     machine = (f"{platform.machine()} {platform.processor() or _cpu_model()}, {os.cpu_count()} CPUs, "
-               f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+               f"torch {torch.__version__} ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})")
     if recipe.train.device.startswith("cuda") and torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name()}"
     meta = {

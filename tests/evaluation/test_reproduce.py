@@ -345,3 +345,20 @@ def test_only_trains_the_matching_jobs_into_the_grids_runs_dir(tiny_recipe, tmp_
         reproduce(recipe, tmp_path / "x", progress=False, only="no-such-job")
     with pytest.raises(KoemoError, match="not a regular expression"):
         reproduce(recipe, tmp_path / "x", progress=False, only="(")
+
+
+def test_auto_commentary_states_signed_changes_and_cr_wins():
+    from types import SimpleNamespace
+
+    from koemo.evaluation.reproduce import auto_commentary
+
+    res = {"table3": [{"key": "mult@a+t", "mean": {"weighted_f1": 0.7}}], "protocols": [
+        {"model": "shallow", "protocol": "speaker-sentence", "mean": {"weighted_f1": 0.60}},
+        {"model": "shallow", "protocol": "speaker", "mean": {"weighted_f1": 0.75}}], "table4": [
+        {"gold": {"mean": 0.70}, "asr_trained": {"mean": 0.63}, "cr": {"mean": 0.68}},
+        {"gold": {"mean": 0.70}, "asr_trained": {"mean": 0.65}, "cr": {"mean": 0.64}}]}
+    text = auto_commentary(res, SimpleNamespace(main_protocol="speaker-sentence"))
+    assert "Best Table 3 model: mult@a+t at 0.7000" in text
+    assert "changes weighted F1 by -6.0 pt on average" in text and "with CR by -4.0 pt" in text
+    assert "CR recovers +2.0 pt on average and beats ASR-trained in 1 of 2 rows" in text
+    assert "Leakage, shallow: speaker-sentence 0.6000; speaker +15.0 pt." in text
