@@ -795,7 +795,7 @@ def reproduce(recipe: Recipe, out_dir: str | Path = "results", data_dir: str | N
                  f"audio_pool {recipe.model.audio_pool}",
     }
     summaries = res.pop("_summaries")
-    detail = {f"{job.slug}|{source}": s for (job, source), s in summaries.items()}
+    detail = dict(sorted((f"{job.slug}|{source}", s) for (job, source), s in summaries.items()))  # stable diffs
     commentary_file = out_dir / "COMMENTARY.md"
     commentary = commentary_file.read_text(encoding="utf-8") if commentary_file.is_file() else ""
     facts = auto_commentary(res, plan)
