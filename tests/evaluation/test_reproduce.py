@@ -323,7 +323,8 @@ def test_only_trains_the_matching_jobs_into_the_grids_runs_dir(tiny_recipe, tmp_
     from koemo.evaluation.reproduce import runs_root
 
     runs = tmp_path / "h128-runs"
-    recipe = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(tiny_recipe.eval, runs_dir=str(runs)))
+    recipe = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(tiny_recipe.eval, runs_dir=str(runs),
+                                                                       table4_fusions=["shallow", "mult"]))
     trained = []
     original = trainer.train_fold
 
@@ -338,9 +339,17 @@ def test_only_trains_the_matching_jobs_into_the_grids_runs_dir(tiny_recipe, tmp_
     assert runs_root(recipe) == runs and all(".cr_" in p.name for p in runs.iterdir())
     assert not runs_root(tiny_recipe).exists()  # the default grid's folds are elsewhere, untouched
     n = len(trained)
-    full = reproduce(recipe, tmp_path / "out", progress=False, gradcam=False)
+    full = reproduce(recipe, tmp_path / "out", progress=False)
     assert trained[n:] and not any(t.startswith("cr:") for t in trained[n:])  # the CR folds were reused
-    assert full["table4"] and (tmp_path / "out" / "REPORT.md").is_file()
+    assert [r["model"] for r in full["table4"]] == ["shallow", "mult"] and (tmp_path / "out" / "REPORT.md").is_file()
+    # every Table 4 fusion gets its confusion matrices and Grad-CAM shares; the first keeps the plain names
+    names = {Path(f["path"]).name for f in full["figures"]}
+    assert {"confusion.png", "confusion-mult.png", "modality-human-text.png", "modality-mult-human-text.png",
+            "modality-mult-cr-on-asr-tone-asr.png"} <= names
+    assert set(full["modality_by_fusion"]) == {"shallow", "mult"}
+    assert full["modality"] == full["modality_by_fusion"]["shallow"]
+    for v in full["modality_by_fusion"]["mult"]["human text"]["per_label"].values():
+        assert v["audio"] + v["text"] == pytest.approx(1.0)
     with pytest.raises(KoemoError, match="matches no job of the grid"):
         reproduce(recipe, tmp_path / "x", progress=False, only="no-such-job")
     with pytest.raises(KoemoError, match="not a regular expression"):
