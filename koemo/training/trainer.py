@@ -335,16 +335,15 @@ def train_fold(
 
     def micro_loss(ids: Sequence[str]) -> tuple[torch.Tensor, dict]:
         y = data.y(ids).to(device)
-        if mode == "cr":
-            b = data.batch([(u, "gold") for u in ids] + [(u, stt) for u in ids])
+
+        def forward(pairs):  # under train.precision; the losses see fp32 logits
             with autocast(device, precision):
-                logits = net(**to_device(b, device))
-            logits = logits.float()
+                return net(**to_device(data.batch(pairs), device)).float()
+
+        if mode == "cr":
+            logits = forward([(u, "gold") for u in ids] + [(u, stt) for u in ids])
             return cr_sum(logits[: len(ids)], logits[len(ids):], y, variant, cw)
-        b = data.batch([(u, train_sources[0]) for u in ids])
-        with autocast(device, precision):
-            logits = net(**to_device(b, device))
-        loss = ce_sum(logits.float(), y, cw)
+        loss = ce_sum(forward([(u, train_sources[0]) for u in ids]), y, cw)
         return loss, {"ce": float(loss.detach())}
 
     meta_base = {
