@@ -473,6 +473,11 @@ def folds_for(plan: Plan, utts, protocol: str, seed: int):
     return make_folds(utts, protocol, s.folds, seed, tuple(s.ratios))
 
 
+def all_folds(plan: Plan, inputs: Inputs) -> dict[tuple[str, int], list]:
+    """The folds of every (protocol, seed) the grid uses, drawn once."""
+    return {(p, s): folds_for(plan, inputs.utts, p, s) for p in {j.protocol for j in plan.jobs} for s in plan.seeds}
+
+
 def parse_shard(shard: str | None) -> tuple[int, int] | None:
     """``I/N`` (0-based I) -> (I, N)."""
     if not shard:
@@ -499,8 +504,7 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
 
     from koemo.training.trainer import bundle_done, plan_fold, train_fold
 
-    folds_cache = {(p, s): folds_for(plan, inputs.utts, p, s)
-                   for p in {j.protocol for j in plan.jobs} for s in plan.seeds}
+    folds_cache = all_folds(plan, inputs)
     units = [(job, tests, seed) for job, tests in sorted(plan.jobs.items(), key=lambda kv: kv[0].slug)
              for seed in plan.seeds]
     if only is not None:
@@ -556,9 +560,10 @@ def training_seconds(plan: Plan, inputs: Inputs) -> float:
     from koemo.training.bundle import read_meta
 
     total = 0.0
+    folds = all_folds(plan, inputs)
     for job in plan.jobs:
         for seed in plan.seeds:
-            for fold in folds_for(plan, inputs.utts, job.protocol, seed):
+            for fold in folds[(job.protocol, seed)]:
                 history = read_meta(fold_dir(plan.recipe, job, seed, fold.name)).get("history", [])
                 total += sum(float(h.get("seconds", 0.0)) for h in history)
     return total
