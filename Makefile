@@ -35,7 +35,7 @@ demo: install models
 	$(KOEMO) data stats --recipe emotiontts
 	# the paper's experiments, reduced (2 seeds, 2x2 speaker-sentence folds, the main rows):
 	# transcribes, fills the feature store, trains, writes results/demo/REPORT.md with figures
-	$(KOEMO) reproduce --recipe emotiontts --fast --out results/demo
+	$(KOEMO) reproduce --recipe emotiontts-demo --out results/demo
 	# the default model of `koemo predict` / `koemo serve`: shallow fusion trained with
 	# consistency regularization on whisper-base text (features already in the store)
 	$(KOEMO) train --recipe emotiontts --fusion shallow --text-train cr:whisper-base -q --out $(DEMO_RUN)

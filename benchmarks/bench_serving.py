@@ -172,7 +172,7 @@ def main() -> None:
     from koemo.errors import SkipLog
     from koemo.paths import cache_root, data_dir
     from koemo.serving.limits import Limits
-    from koemo.serving.predictor import Predictor, default_bundle_dir
+    from koemo.serving.loader import default_bundle_dir, load_predictor
 
     utts = LOADERS.get("emotiontts")(data_dir() / "emotiontts_open_db", SkipLog())
     bundle = args.model or (default_bundle_dir() if default_bundle_dir().exists() else None)
@@ -183,7 +183,7 @@ def main() -> None:
     audio = load_audio(clip.audio)
     load = os.getloadavg()
     t0 = time.perf_counter()
-    predictor = Predictor.from_bundle(bundle, asr=args.asr, limits=Limits())
+    predictor = load_predictor(bundle, asr=args.asr, limits=Limits())
     load_s = time.perf_counter() - t0
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_1m_at_start": load[0]},

@@ -26,6 +26,7 @@ AREAS = [
     "koemo.encoders.cli",
     "koemo.training.cli",
     "koemo.evaluation.cli",
+    "koemo.experiments.cli",
     "koemo.serving.cli",
 ]
 

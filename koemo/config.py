@@ -75,6 +75,8 @@ class ModelConfig:
     layers: int = 1
     dropout: float = 0.1
     audio_pool: int = 1  # average this many speech frames per step (4 = 80 ms for Whisper); 1 = off
+    # What only one fusion has: keyword options of its class (koemo.fusion.registry), e.g. {stats: meanstd}
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,36 +103,24 @@ class TrainConfig:
     precision: str = "fp32"
 
 
-def _list(*items):
-    return field(default_factory=lambda: list(items))
-
-
 @dataclass
 class EvalConfig:
     """What ``koemo evaluate`` tests on and the grid ``koemo reproduce`` runs (see
-    :mod:`koemo.evaluation.reproduce`). Model specs: ``fusion@speech+text``,
+    :mod:`koemo.experiments`). The grid lives in recipes (``paper-grid.yaml`` is the paper's);
+    empty lists here mean "no such section". Model specs: ``fusion@speech+text``,
     ``text-only@TEXT``, ``audio-only@SPEECH``, or a bare fusion name (the recipe's encoders)."""
 
     text: str = "asr:whisper-base"  # the ASR condition of the confusion/Grad-CAM figures
     seeds: int = 5
-    table3: list[str] = _list(
-        "text-only@fasttext-ko", "text-only@embeddinggemma-300m", "audio-only@mfcc",
-        "audio-only@whisper-base-encoder", "shallow@mfcc+fasttext-ko",
-        "shallow@whisper-base-encoder+embeddinggemma-300m",
-        "fusion-transformer@whisper-base-encoder+embeddinggemma-300m",
-        "mult@whisper-base-encoder+embeddinggemma-300m")
-    table4_fusions: list[str] = _list("shallow", "fusion-transformer", "mult")
-    asr_sources: list[str] = _list("asr:whisper-base", "asr:vosk-ko", "asr:whisper-base@babble-5db")
+    table3: list[str] = field(default_factory=list)  # models trained and tested on human text
+    table4_fusions: list[str] = field(default_factory=list)  # x asr_sources: ASR-trained vs. CR
+    asr_sources: list[str] = field(default_factory=list)
     snr_backend: str = "whisper-base"
     snr_noise: str = "babble"
-    snr_values: list[float] = _list(20.0, 10.0, 5.0, 0.0)
+    snr_values: list[float] = field(default_factory=list)
     snr_fusion: str = "shallow"
-    protocols: list[str] = _list("speaker", "stratified")  # compared with split.protocol
-    protocol_models: list[str] = _list(
-        "text-only@embeddinggemma-300m", "audio-only@whisper-base-encoder",
-        "shallow@whisper-base-encoder+embeddinggemma-300m",
-        "fusion-transformer@whisper-base-encoder+embeddinggemma-300m",
-        "mult@whisper-base-encoder+embeddinggemma-300m")
+    protocols: list[str] = field(default_factory=list)  # compared with split.protocol
+    protocol_models: list[str] = field(default_factory=list)
     # Where the grid's fold bundles go (default <cache>/reproduce/<recipe name>). A grid with other
     # model or training settings gets its own, or its folds would replace the default grid's.
     runs_dir: str | None = None
@@ -178,6 +168,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise KoemoError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise KoemoError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1] if args else Any, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise KoemoError(f"{where}: expected a list, got {value!r}")
@@ -215,6 +209,11 @@ def _from_dict(cls: type[T], values: dict, where: str = "") -> T:
     return cls(**kwargs)
 
 
+def from_dict(cls: type[T], values: dict, where: str = "") -> T:
+    """``cls`` from a plain dict (a bundle's recorded section, say), checked like a recipe."""
+    return _from_dict(cls, values, where)
+
+
 def to_dict(config: Any) -> dict:
     """A plain, YAML-safe dict (tuples become lists)."""
 
@@ -248,22 +247,43 @@ def apply_overrides(values: dict, overrides: Sequence[str]) -> dict:
     return values
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe file as a plain dict, its ``base:`` recipe (a name or a path beside it) merged in
+    underneath, so a variant states only what it changes."""
+    path = Path(path)
+    if not path.is_file():
+        raise KoemoError(f"{path}: recipe file not found")
+    if path.resolve() in _seen:
+        raise KoemoError(f"{path}: recipe bases form a loop ({' -> '.join(p.name for p in _seen)})")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise KoemoError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise KoemoError(f"{path}: a recipe must be a mapping of sections")
+    values = dict(loaded or {})
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    beside = path.parent / f"{base}.yaml"
+    base_path = beside if beside.is_file() else resolve_recipe(str(base))
+    return _merge(read_recipe(base_path, _seen + (path.resolve(),)), values)
+
+
 def load_config(
     cls: type[T] = Recipe, path: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> T:
-    """Load ``cls`` from a YAML file (optional) with command-line overrides applied last."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise KoemoError(f"{path}: recipe file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise KoemoError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise KoemoError(f"{path}: a recipe must be a mapping of sections")
-        values = loaded or {}
+    """Load ``cls`` from a YAML file (optional, with its ``base:`` chain) and command-line
+    overrides applied last."""
+    values = read_recipe(path) if path is not None else {}
     values = apply_overrides(values, overrides)
     try:
         return _from_dict(cls, values)
@@ -271,16 +291,22 @@ def load_config(
         raise KoemoError(f"{path or 'config'}: {e}") from None
 
 
+#: recipes that ship inside the package (``koemo/recipes``), so an installed wheel finds them
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
 def resolve_recipe(recipe: str | Path | None) -> Path | None:
-    """Accept a path or a bare recipe name (``emotiontts`` -> ``recipes/emotiontts.yaml``)."""
+    """Accept a path or a bare recipe name (``emotiontts`` -> ``koemo/recipes/emotiontts.yaml``)."""
     if recipe is None:
         return None
     p = Path(recipe)
-    if p.exists():
+    if p.is_file():
         return p
-    from koemo.paths import REPO_ROOT
-
-    for candidate in (REPO_ROOT / "recipes" / f"{recipe}.yaml", Path("recipes") / f"{recipe}.yaml"):
-        if candidate.exists():
-            return candidate
-    raise KoemoError(f"{recipe}: no such recipe file or recipe name")
+    candidate = RECIPES_DIR / f"{recipe}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise KoemoError(f"{recipe}: no such recipe file or recipe name (shipped: {', '.join(recipe_names())})")

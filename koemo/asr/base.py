@@ -45,7 +45,7 @@ class ASRBackend(ABC):
         return json.dumps({"backend": self.name, **self.params()}, sort_keys=True, ensure_ascii=False)
 
 
-ASR_BACKENDS: Registry[type[ASRBackend]] = Registry("ASR backend")
+ASR_BACKENDS: Registry[type[ASRBackend]] = Registry("ASR backend", ASRBackend)
 
 #: ``whisper:<dir-or-hub-name>`` picks any Whisper model in CTranslate2 format
 WHISPER_PREFIX = "whisper:"

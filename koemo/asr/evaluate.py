@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Sequence
 
 from koemo.asr.metrics import ASRScores, score
-from koemo.data.manifest import ASR_PREFIX, Utterance
+from koemo.data.manifest import Utterance
+from koemo.sources import ASR_PREFIX
 from koemo.errors import KoemoError
 from koemo.paths import atomic_write_text
 

@@ -22,6 +22,7 @@ import numpy as np
 from koemo.data.audio import load_audio
 from koemo.data.manifest import Utterance
 from koemo.errors import BadInputError, KoemoError
+from koemo.sources import TextSource
 
 NOISE_KINDS = ("white", "pink", "babble")
 BABBLE_TALKERS = 6  # enough overlapping voices that no single word stands out
@@ -30,7 +31,7 @@ _EPS = 1e-12
 
 @dataclass(frozen=True)
 class NoiseCondition:
-    """A noise kind at an SNR with a seed; ``tag`` is its part of the text-source name."""
+    """A noise kind at an SNR with a seed (its part of a text-source name: :class:`koemo.sources.TextSource`)."""
 
     kind: str
     snr: float
@@ -42,20 +43,19 @@ class NoiseCondition:
         if not np.isfinite(self.snr):
             raise KoemoError(f"noise SNR must be a finite number of dB, got {self.snr}")
 
-    @property
-    def tag(self) -> str:
-        seed = f"-seed{self.seed}" if self.seed else ""
-        return f"{self.kind}-{self.snr:g}db{seed}"
 
 
 def text_source(backend: str, noise: str | None = None, snr: float | None = None, seed: int = 0) -> str:
-    """The one name of a transcript column: ``asr:<backend>`` or ``asr:<backend>@<kind>-<snr>db``.
+    """The one name of a transcript column: ``asr:<backend>`` or ``asr:<backend>@<kind>-<snr>db``
+    (printed by :class:`koemo.sources.TextSource`, after the noise condition is checked here).
 
     A non-default seed is appended (``@babble-0db-seed1``) so runs with other noise draws never
     overwrite each other. Used for manifest columns, feature keys and report rows alike.
     """
     condition = noise_condition(noise, snr, seed)
-    return f"asr:{backend}" + (f"@{condition.tag}" if condition else "")
+    if condition is None:
+        return str(TextSource.asr(backend))
+    return str(TextSource.asr(backend, condition.kind, condition.snr, condition.seed))
 
 
 def noise_condition(noise: str | None, snr: float | None, seed: int = 0) -> NoiseCondition | None:

@@ -27,9 +27,9 @@ from typing import Iterable
 
 from koemo.errors import BadInputError, KoemoError, SkipLog
 from koemo.paths import atomic_path
+from koemo.sources import ASR_PREFIX, TextSource
 
 REQUIRED = ("id", "audio", "label")
-ASR_PREFIX = "asr:"
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Utterance:
             return self.text
         if source not in self.transcripts:
             raise BadInputError(
-                self.id, f"no '{source}' transcript; run: koemo transcribe --backend {source[4:]}"
+                self.id, f"no '{source}' transcript; run: {TextSource.parse(source).transcribe_command()}"
             )
         return self.transcripts[source]
 

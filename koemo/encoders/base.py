@@ -129,8 +129,8 @@ class TextEncoder:
         raise NotImplementedError(f"{self.name} cannot be fine-tuned")
 
 
-SPEECH_ENCODERS: Registry[type[SpeechEncoder]] = Registry("speech encoder")
-TEXT_ENCODERS: Registry[type[TextEncoder]] = Registry("text encoder")
+SPEECH_ENCODERS: Registry[type[SpeechEncoder]] = Registry("speech encoder", SpeechEncoder)
+TEXT_ENCODERS: Registry[type[TextEncoder]] = Registry("text encoder", TextEncoder)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 from koemo.data.manifest import Utterance
 from koemo.errors import BadInputError, KoemoError, SkipLog
 from koemo.paths import atomic_path, atomic_write_text, cache_root, sha256_file
+from koemo.sources import TextSource
 
 log = logging.getLogger("koemo")
 TEXT_BATCH = 32
@@ -249,4 +250,4 @@ def check_sources(utts: list[Utterance], sources: list[str]) -> None:
     """Fail early, with the command to run, when a text source has no transcripts at all."""
     for s in sources:
         if s != "gold" and not any(s in u.transcripts for u in utts):
-            raise KoemoError(f"no utterance has a '{s}' transcript; run: koemo transcribe --backend {s[4:]}")
+            raise KoemoError(f"no utterance has a '{s}' transcript; run: {TextSource.parse(s).transcribe_command()}")

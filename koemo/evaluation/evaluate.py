@@ -21,25 +21,9 @@ from pathlib import Path
 from typing import Sequence
 
 from koemo.errors import KoemoError
-from koemo.evaluation.metrics import Aggregate, Prediction, aggregate, read_predictions, write_predictions
+from koemo.metrics import Aggregate, Prediction, aggregate, read_predictions, write_predictions
 from koemo.paths import atomic_write_text
-
-BUNDLE_META = "bundle.json"
-
-
-def source_filename(source: str) -> str:
-    """The file name a text source's predictions have inside a bundle (``asr:b@x`` -> ``asr_b@x``)."""
-    return source.replace(":", "_").replace("/", "_") + ".jsonl"
-
-
-def find_bundles(target: Path) -> list[Path]:
-    """``target`` itself if it is a bundle, else its bundle subdirectories (recursively, sorted)."""
-    if (target / BUNDLE_META).is_file():
-        return [target]
-    found = sorted(p.parent for p in target.rglob(BUNDLE_META) if not any(
-        part.startswith(".") for part in p.relative_to(target).parts))
-    return found
-
+from koemo.training import bundle as bundles
 
 def infer_labels(preds: Sequence[Prediction], preferred: Sequence[str] | None = None) -> list[str]:
     """``preferred`` (e.g. the recipe's label set or the bundle's list) when it covers every label
@@ -53,20 +37,6 @@ def infer_labels(preds: Sequence[Prediction], preferred: Sequence[str] | None = 
     return sorted(seen)
 
 
-def bundle_predictions(bundle: Path, source: str) -> list[Prediction] | None:
-    """A bundle's stored test predictions for ``source`` (seed taken from the bundle's split)."""
-    path = bundle / "predictions" / source_filename(source)
-    if not path.is_file():
-        return None
-    preds = read_predictions(path)
-    meta = json.loads((bundle / BUNDLE_META).read_text(encoding="utf-8"))
-    seed = (meta.get("split") or {}).get("seed")
-    if seed is not None:
-        for p in preds:
-            p.seed = int(seed)
-    return preds
-
-
 def predict_bundle(bundle: Path, source: str, data_dir: str | None = None, progress: bool = True
                    ) -> list[Prediction]:
     """Run a bundle's model on its own test split with ``source`` text, features read from (or
@@ -74,13 +44,13 @@ def predict_bundle(bundle: Path, source: str, data_dir: str | None = None, progr
     from koemo.config import Recipe, load_config
     from koemo.data.prepare import load_or_prepare
     from koemo.data.splits import make_folds
-    from koemo.training.bundle import load_bundle
-    from koemo.training.data import FeatureData, transcribe_hint
+    from koemo.sources import TextSource
+    from koemo.training.data import FeatureData
     from koemo.training.features import load_features
     from koemo.training.trainer import predict_proba
 
-    b = load_bundle(bundle)
-    cfg = load_config(Recipe, bundle / "config.yaml")
+    b = bundles.load_bundle(bundle)
+    cfg = load_config(Recipe, bundle / bundles.CONFIG)
     _, utts = load_or_prepare(cfg, data_dir)
     split = b.meta.get("split") or {}
     folds = make_folds(utts, split.get("protocol", cfg.split.protocol), split.get("folds", cfg.split.folds),
@@ -93,7 +63,7 @@ def predict_bundle(bundle: Path, source: str, data_dir: str | None = None, progr
     lacking = [u.id for u in sel if source != "gold" and source not in u.transcripts]
     if lacking:
         raise KoemoError(f"{lacking[0]}: no '{source}' transcript ({len(lacking)} test clips); "
-                         f"run: {transcribe_hint(source)}")
+                         f"run: {TextSource.parse(source).transcribe_command()}")
     audio, text, _ = load_features(cfg, sel, [source], progress=progress)
     data = FeatureData(audio, text, {u.id: u.label for u in sel}, b.labels)
     data.check(fold.test, [source], "test")
@@ -113,26 +83,26 @@ def collect(target: str | Path, source: str | None, data_dir: str | None = None
         return read_predictions(target), None, str(target)
     if not target.is_dir():
         raise KoemoError(f"{target}: no such predictions file or bundle directory")
-    bundles = find_bundles(target)
-    if not bundles:
-        raise KoemoError(f"{target}: not a bundle (no {BUNDLE_META}) and no bundles inside")
+    found = bundles.find_bundles(target)
+    if not found:
+        raise KoemoError(f"{target}: not a bundle (no {bundles.META}) and no bundles inside")
     preds: list[Prediction] = []
     labels = None
-    for b in bundles:
-        meta = json.loads((b / BUNDLE_META).read_text(encoding="utf-8"))
+    for b in found:
+        meta = bundles.read_meta(b)
         if not meta.get("complete", True):
             raise KoemoError(f"{b}: training has not finished (resume it with koemo train)")
         labels = labels or meta.get("labels")
         src = source or meta.get("valid_source") or "gold"
-        got = bundle_predictions(b, src)
+        got = bundles.read_predictions(b, src)
         if got is None:
-            if not ((b / "config.yaml").is_file() and (b / "model.safetensors").is_file()):
-                have = sorted(p.stem for p in (b / "predictions").glob("*.jsonl"))
+            if not ((b / bundles.CONFIG).is_file() and (b / bundles.WEIGHTS).is_file()):
+                have = bundles.stored_sources(b)
                 raise KoemoError(f"{b}: no stored test predictions for '{src}' (has: {', '.join(have) or 'none'}) "
-                                 "and no config.yaml/model.safetensors to compute them")
+                                 f"and no {bundles.CONFIG}/{bundles.WEIGHTS} to compute them")
             got = predict_bundle(b, src, data_dir)
         preds += got
-    return preds, labels, f"{len(bundles)} bundle(s) under {target}"
+    return preds, labels, f"{len(found)} bundle(s) under {target}"
 
 
 def evaluate_predictions(

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from koemo.evaluation.metrics import row_normalise
+from koemo.metrics import row_normalise
 from koemo.paths import atomic_path
 
 

@@ -28,9 +28,7 @@ from koemo.fusion.base import (
     masked_mean,
     zero_padding,
 )
-from koemo.registry import Registry
-
-FUSIONS: Registry[type[FusionModel]] = Registry("fusion model")
+from koemo.fusion.registry import FUSIONS
 
 
 class _SingleModal(FusionModel):
@@ -155,18 +153,3 @@ class MulT(FusionModel):
             a, t = a2t(a, audio_mask, t, text_mask), t2a(t, text_mask, a, audio_mask)
         pooled = torch.cat([masked_mean(a, audio_mask), masked_mean(t, text_mask)], dim=1)
         return self.classifier(self.drop(pooled))
-
-
-def build_fusion(name: str, audio_dim: int, text_dim: int, n_labels: int, hidden: int = 768,
-                 heads: int = 8, layers: int = 1, dropout: float = 0.1, audio_pool: int = 1) -> FusionModel:
-    """Instantiate a registered fusion model, checking that ``heads`` divides ``hidden``."""
-    from koemo.errors import KoemoError
-
-    cls = FUSIONS.get(name)
-    if hidden % heads:
-        raise KoemoError(f"model.hidden={hidden} must be divisible by model.heads={heads}")
-    if audio_pool < 1:
-        raise KoemoError(f"model.audio_pool={audio_pool} must be 1 (no pooling) or more")
-    model = cls(audio_dim, text_dim, n_labels, hidden=hidden, heads=heads, layers=layers, dropout=dropout)
-    model.audio_pool = int(audio_pool)
-    return model

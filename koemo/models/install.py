@@ -39,7 +39,7 @@ class PackagedModel:
     size_mb: int = 0
 
 
-MODELS: Registry[PackagedModel] = Registry("packaged model")
+MODELS: Registry[PackagedModel] = Registry("packaged model", PackagedModel, instances=True)
 
 
 def add(model: PackagedModel) -> PackagedModel:

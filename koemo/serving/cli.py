@@ -36,7 +36,7 @@ def predict(
     from koemo.data.audio import load_audio
     from koemo.errors import BadInputError, KoemoError, SkipLog
     from koemo.serving.limits import Limits, check_wav_complete
-    from koemo.serving.predictor import Predictor
+    from koemo.serving.loader import load_predictor
 
     files = []
     for target in targets:
@@ -46,7 +46,7 @@ def predict(
         if not found:
             raise KoemoError(f"{target}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) found")
         files.extend(found)
-    predictor = Predictor.from_bundle(
+    predictor = load_predictor(
         model, asr=asr, limits=Limits(max_duration_s=0, segment_over_s=segment_over)
     )
     skips = SkipLog("files")
@@ -113,12 +113,12 @@ def serve(
 
     from koemo.serving.app import create_app
     from koemo.serving.limits import Limits
-    from koemo.serving.predictor import Predictor
+    from koemo.serving.loader import load_predictor
 
     limits = Limits(
         max_upload_mb=max_upload_mb, max_duration_s=max_duration, segment_over_s=segment_over, workers=workers
     )
-    predictor = Predictor.from_bundle(model, asr=asr, limits=limits)
+    predictor = load_predictor(model, asr=asr, limits=limits)
     app = create_app(predictor, limits)
     typer.echo(f"koemo serving on http://{host}:{port}/ (API docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

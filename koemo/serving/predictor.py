@@ -11,23 +11,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from koemo.data.audio import SAMPLE_RATE
 from koemo.errors import BadInputError, KoemoError
-from koemo.paths import cache_root
 from koemo.serving.limits import Limits
 from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans
 
 STAGES = ("asr", "speech_encoder", "text_encoder", "fusion")
-
-
-def default_bundle_dir() -> Path:
-    """Where ``make demo`` leaves the trained model bundle that ``predict``/``serve`` use by default."""
-    return cache_root() / "bundles" / "default"
 
 
 class Transcriber(Protocol):
@@ -70,19 +63,6 @@ class Predictor:
 
                     self._pool = ThreadPoolExecutor(max(1, self.limits.workers), thread_name_prefix="koemo-speech")
         return self._pool
-
-    # ---- loading -------------------------------------------------------------------------
-    @classmethod
-    def from_bundle(
-        cls, path: str | Path | None = None, *, asr: str | None = None, limits: Limits | None = None
-    ) -> "Predictor":
-        """Load a trained model bundle (default: :func:`default_bundle_dir`) and its encoders.
-
-        ``asr`` overrides the speech recogniser the bundle was trained/evaluated with.
-        """
-        from koemo.serving.bundle import load_predictor
-
-        return load_predictor(path, asr=asr, limits=limits or Limits())
 
     # ---- prediction ----------------------------------------------------------------------
     def predict(self, audio: np.ndarray, *, name: str = "<audio>") -> dict[str, Any]:

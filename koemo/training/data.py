@@ -8,6 +8,8 @@ The trainer never reads the feature store itself: it gets
   (token vectors, a ``[1, D]`` sentence vector, or token ids for end-to-end training);
 - ``labels``: ``{utt_id: canonical label}``.
 
+A model that reads one modality gets an :class:`AbsentModality` table for the other.
+
 :func:`koemo.training.features.load_features` fills them from the feature store.
 """
 
@@ -20,35 +22,30 @@ import numpy as np
 import torch
 
 from koemo.errors import BadInputError, KoemoError, UnknownLabelError
-
-STT_PREFIX = "asr:"
-
-
-def parse_text_train(spec: str) -> tuple[str, str | None]:
-    """``gold`` -> (gold, None); ``asr:B`` -> (asr, asr:B); ``cr:B`` or ``cr:asr:B`` -> (cr, asr:B)."""
-    spec = spec.strip()
-    if spec == "gold":
-        return "gold", None
-    if spec.startswith("asr:") and len(spec) > 4:
-        return "asr", spec
-    if spec.startswith("cr:") and len(spec) > 3:
-        rest = spec[3:]
-        return "cr", rest if rest.startswith(STT_PREFIX) else STT_PREFIX + rest
-    raise KoemoError(f"training text must be gold, asr:<backend> or cr:<backend>, got {spec!r}")
+from koemo.sources import ASR_PREFIX, TextSource
 
 
-def transcribe_hint(source: str) -> str:
-    """The command that makes the ``asr:<backend>[@<noise>-<snr>db[-seed<N>]]`` transcripts."""
-    import re
+class AbsentModality(Mapping):
+    """The table of a modality a model does not read (text-only, audio-only): one zero frame for
+    every utterance, so batches keep their two-modality shape. It hashes like the ``[1, 1]``
+    float16 zero frame older koemo stored, so grid fingerprints did not change."""
 
-    backend = source[len(STT_PREFIX):] if source.startswith(STT_PREFIX) else source
-    extra = ""
-    if "@" in backend:
-        backend, cond = backend.split("@", 1)
-        m = re.fullmatch(r"(\w+)-(-?[\d.]+)db(?:-seed(\d+))?", cond)
-        if m:
-            extra = f" --noise {m.group(1)} --snr {m.group(2)}" + (f" --seed {m.group(3)}" if m.group(3) else "")
-    return f"koemo transcribe --backend {backend}{extra}"
+    FRAME = np.zeros((1, 1), dtype=np.float16)
+
+    def __getitem__(self, uid: str) -> np.ndarray:
+        return self.FRAME
+
+    def __contains__(self, uid: object) -> bool:
+        return True
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __bool__(self) -> bool:
+        return True
 
 
 class FeatureData:
@@ -82,10 +79,10 @@ class FeatureData:
                 if source not in self.text:
                     raise KoemoError(f"no '{source}' text features were given to the trainer")
                 what = f"'{source}' text features"
-                if source.startswith(STT_PREFIX) and uid not in self.text[source]:
+                if source.startswith(ASR_PREFIX) and uid not in self.text[source]:
                     raise BadInputError(
                         uid, f"no '{source}' transcript/features, needed for training on it; "
-                             f"make it with: {transcribe_hint(source)}"
+                             f"make it with: {TextSource.parse(source).transcribe_command()}"
                     )
                 self._check_array(uid, source, self.text[source], what)
 
@@ -119,9 +116,12 @@ class FeatureData:
         return {"audio": audio, "audio_mask": audio_mask, "text": text, "text_mask": text_mask}
 
     def dims(self, source: str) -> tuple[int, int]:
-        a = np.asarray(next(iter(self.audio.values())))
-        t = np.asarray(next(iter(self.text[source].values())))
-        return int(a.shape[-1]), int(t.shape[-1])
+        def dim(table: Mapping[str, np.ndarray]) -> int:
+            if isinstance(table, AbsentModality):
+                return 1
+            return int(np.asarray(next(iter(table.values()))).shape[-1])
+
+        return dim(self.audio), dim(self.text[source])
 
     def data_hash(self, parts: Iterable[tuple[Sequence[str], Iterable[str]]]) -> str:
         """sha256 of the labels and every array a run reads: ``parts`` are (ids, text sources).

@@ -28,8 +28,6 @@ def load_features(
     ``asr:`` source covers only the utterances that have that transcript; the trainer names
     any utterance it needs and does not find (with the ``koemo transcribe`` command).
     """
-    from koemo.encoders import get_speech_encoder, get_text_encoder
-
     utts = list(utts)
     store = store_for(recipe)
     enc = recipe.encoders
@@ -39,11 +37,18 @@ def load_features(
         have = [u for u in utts if source == "gold" or source in u.transcripts]
         text[source] = store.text(enc.text, have, source=source, extract_missing=extract_missing,
                                   progress=progress) if have else {}
-    se = get_speech_encoder(enc.speech, layer=enc.speech_layer)
-    te = get_text_encoder(enc.text)
-    meta = {
-        "speech": {"name": enc.speech, "id": se.id, "dim": se.dim, "layer": enc.speech_layer, "finetuned": False},
-        "text": {"name": enc.text, "id": te.id, "dim": te.dim,
-                 "sentence_vector": bool(getattr(te, "sentence_vector", False)), "finetuned": False},
-    }
+    meta = {"speech": {**encoder_meta("speech", enc.speech, enc.speech_layer), "layer": enc.speech_layer},
+            "text": encoder_meta("text", enc.text)}
     return audio, text, meta
+
+
+def encoder_meta(kind: str, name: str, layer: int | None = None, finetuned: bool = False) -> dict:
+    """What a bundle records of an encoder: name, id (version, settings, weights checksum), dim."""
+    from koemo.encoders import get_speech_encoder, get_text_encoder
+
+    if kind == "speech":
+        e = get_speech_encoder(name, layer=layer)
+        return {"name": name, "id": e.id, "dim": e.dim, "finetuned": finetuned}
+    e = get_text_encoder(name)
+    return {"name": name, "id": e.id, "dim": e.dim, "finetuned": finetuned,
+            "sentence_vector": bool(getattr(e, "sentence_vector", False))}

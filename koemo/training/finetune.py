@@ -45,17 +45,22 @@ class EndToEnd(nn.Module):
 def build_end_to_end(recipe, n_labels: int) -> tuple[EndToEnd, dict]:
     """The recipe's encoders as fine-tunable modules + its fusion model, and their ids."""
     from koemo.encoders import get_speech_encoder, get_text_encoder
-    from koemo.fusion import build_fusion
+    from koemo.fusion import build_from_config
 
     se = get_speech_encoder(recipe.encoders.speech, layer=recipe.encoders.speech_layer)
     te = get_text_encoder(recipe.encoders.text)
     speech, text = se.torch_module(), te.torch_module()
-    m = recipe.model
-    fusion = build_fusion(m.fusion, se.dim, te.dim, n_labels, hidden=m.hidden, heads=m.heads,
-                          layers=m.layers, dropout=m.dropout, audio_pool=m.audio_pool)
-    meta = {"speech": {"name": recipe.encoders.speech, "id": se.id, "dim": se.dim, "finetuned": True},
-            "text": {"name": recipe.encoders.text, "id": te.id, "dim": te.dim, "finetuned": True}}
-    return EndToEnd(speech, text, fusion), meta
+    fusion = build_from_config(recipe.model, se.dim, te.dim, n_labels)
+    return EndToEnd(speech, text, fusion), end_to_end_meta(recipe)
+
+
+def end_to_end_meta(recipe) -> dict:
+    """What a bundle records of the fine-tuned encoders (their starting weights' ids)."""
+    from koemo.training.features import encoder_meta
+
+    enc = recipe.encoders
+    return {"speech": encoder_meta("speech", enc.speech, enc.speech_layer, finetuned=True),
+            "text": encoder_meta("text", enc.text, finetuned=True)}
 
 
 def raw_inputs(utts: Sequence[Utterance], sources: Sequence[str]) -> tuple[dict, dict]:

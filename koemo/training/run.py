@@ -1,4 +1,5 @@
-"""What ``koemo train`` does: manifest -> split -> features -> :func:`train_fold` per fold."""
+"""The fold loop both ``koemo train`` and ``koemo reproduce`` use, and what ``koemo train`` does
+around it: manifest -> split -> features -> :func:`run_folds`."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from koemo.config import Recipe, to_dict
 from koemo.data.labels import resolve_label_set
+from koemo.data.splits import Fold
 from koemo.errors import KoemoError, UnknownLabelError
 from koemo.paths import atomic_write_text, cache_root
-from koemo.training.data import FeatureData, parse_text_train
-from koemo.training.trainer import TrainResult, init_distributed, train_fold
+from koemo.sources import TrainingText
+from koemo.training import bundle as bundles
+from koemo.training import trainer
+from koemo.training.data import FeatureData
+from koemo.training.trainer import TrainResult
 
 log = logging.getLogger("koemo")
 
@@ -29,6 +34,60 @@ def default_out(recipe: Recipe) -> Path:
     protocol = sp.protocol + ("" if sp.protocol == "stratified" else f"-k{sp.folds}")
     return (cache_root(recipe.cache_dir) / "runs" / _slug(recipe.name) / _slug(recipe.model.fusion)
             / _slug(recipe.train.text) / protocol / f"seed{sp.seed}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the fold loop
+
+
+@dataclass
+class FoldOutcome:
+    fold: Fold
+    out: Path | None
+    trained: bool  # False: a finished bundle of exactly this run was found and reused
+    result: TrainResult | None  # None for a reused bundle unless ``load_reused``
+
+
+def result_from_bundle(out: Path) -> TrainResult:
+    """A finished fold's result as its bundle recorded it (no model loaded)."""
+    meta = bundles.read_meta(out)
+    test = (meta.get("metrics") or {}).get("test") or {}
+    preds = {s: bundles.read_predictions(out, s) or [] for s in test}
+    return TrainResult(out, meta.get("best_epoch", 0), meta.get("epochs_done", 0), meta.get("valid_source", "gold"),
+                       (meta.get("metrics") or {}).get("valid") or {}, test, meta.get("history", []), None, meta, preds)
+
+
+def run_folds(
+    recipe: Recipe, folds: Sequence[Fold], data: FeatureData, *,
+    out_for: Callable[[Fold], Path | None], encoders: dict[str, Any] | None = None,
+    model_for: Callable[[Fold], Any] | None = None, progress: bool = True, resume: bool = True,
+    reuse: bool = True, load_reused: bool = True, on_fold: Callable[[FoldOutcome], None] | None = None,
+) -> list[FoldOutcome]:
+    """Train every fold of ``folds`` on ``data`` into ``out_for(fold)``.
+
+    A fold whose directory already holds a complete bundle with the same fingerprint (recipe,
+    fold and data) is not retrained (``reuse``); its result is read from the bundle when
+    ``load_reused``. ``model_for(fold)`` gives a fresh model per fold (end-to-end training);
+    ``on_fold`` runs after each fold."""
+    outcomes = []
+    for fold in folds:
+        out = out_for(fold)
+        plan = trainer.plan_fold(recipe, fold, data)
+        if reuse and out is not None and model_for is None and bundles.bundle_done(out, plan.fingerprint):
+            outcome = FoldOutcome(fold, out, False, result_from_bundle(out) if load_reused else None)
+        else:
+            model = model_for(fold) if model_for else None
+            res = trainer.train_fold(recipe, fold, data, model=model, out_dir=out, encoders=encoders,
+                                     progress=progress, resume=resume, fold_plan=plan)
+            outcome = FoldOutcome(fold, out, True, res)
+        outcomes.append(outcome)
+        if on_fold:
+            on_fold(outcome)
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------
+# koemo train
 
 
 @dataclass
@@ -56,9 +115,10 @@ def train_recipe(
     from koemo.data.prepare import load_or_prepare
     from koemo.data.prepare import split as make_split
 
-    rank, world, device = init_distributed(recipe.train.device)
+    rank, world, device = trainer.init_distributed(recipe.train.device)
     recipe.train.device = device
-    mode, stt = parse_text_train(recipe.train.text)
+    stt = TrainingText.parse(recipe.train.text).stt
+    stt = None if stt is None else str(stt)
     labels = list(resolve_label_set(recipe.data.label_set))
     manifest, utts = load_or_prepare(recipe, data_dir)
     for u in utts:
@@ -83,16 +143,24 @@ def train_recipe(
     if eval_text and eval_text not in sources and any(eval_text in u.transcripts for u in sel):
         sources.append(eval_text)
     if stt and not any(stt in u.transcripts for u in sel):
-        from koemo.training.data import transcribe_hint
+        from koemo.sources import TextSource
 
-        raise KoemoError(f"{manifest}: no utterance has a '{stt}' transcript; run: {transcribe_hint(stt)}")
+        raise KoemoError(f"{manifest}: no utterance has a '{stt}' transcript; "
+                         f"run: {TextSource.parse(stt).transcribe_command()}")
     label_of = {u.id: u.label for u in sel}
 
+    model_for = None
     if recipe.encoders.finetune:
-        from koemo.training.finetune import raw_inputs
+        from koemo.training.finetune import build_end_to_end, end_to_end_meta, raw_inputs
 
         audio, text = raw_inputs(sel, sources)
-        encoders = None
+        encoders = end_to_end_meta(recipe)
+
+        def model_for(fold: Fold):
+            import torch
+
+            torch.manual_seed(recipe.train.seed)
+            return build_end_to_end(recipe, len(labels))[0]
     else:
         from koemo.training.features import load_features
 
@@ -100,23 +168,10 @@ def train_recipe(
     data = FeatureData(audio, text, label_of, labels)
 
     base = Path(out) if out else default_out(recipe)
-    results: list[tuple[str, TrainResult]] = []
-    for i in chosen:
-        fold = fold_list[i]
-        model = None
-        enc_meta = encoders
-        if recipe.encoders.finetune:
-            import torch
-
-            from koemo.training.finetune import build_end_to_end
-
-            torch.manual_seed(recipe.train.seed)
-            model, enc_meta = build_end_to_end(recipe, len(labels))
-        res = train_fold(recipe, fold, data, model=model, out_dir=base / _slug(fold.name), encoders=enc_meta,
-                         progress=progress, resume=resume)
-        results.append((fold.name, res))
-    pooled = _pooled(results, labels)
-    summary = RunSummary(base, results, pooled)
+    outcomes = run_folds(recipe, [fold_list[i] for i in chosen], data, out_for=lambda f: base / _slug(f.name),
+                         encoders=encoders, model_for=model_for, progress=progress, resume=resume)
+    results = [(o.fold.name, o.result) for o in outcomes]
+    summary = RunSummary(base, results, _pooled(results, labels))
     if rank == 0:
         doc = {"recipe": to_dict(recipe), "manifest": str(manifest), "world_size": world, **summary.to_dict()}
         atomic_write_text(base / "summary.json", json.dumps(doc, ensure_ascii=False, indent=1))
@@ -126,7 +181,7 @@ def train_recipe(
 def _pooled(results: list[tuple[str, TrainResult]], labels: list[str]) -> dict:
     """Metrics over the pooled test predictions of all trained folds (in the cross-validation
     protocols each clip is tested once per seed, so all folds together cover the data once)."""
-    from koemo.evaluation.metrics import compute_metrics
+    from koemo.metrics import compute_metrics
 
     sources = set.intersection(*(set(r.predictions) for _, r in results)) if results else set()
     out = {}

@@ -1,23 +1,26 @@
 """The trainer: one fold of one recipe, from feature mappings to a model bundle.
 
-Entry point :func:`train_fold` (the CLI's ``koemo train`` calls it once per fold). What it does:
+Entry point :func:`train_fold` (``koemo train`` and ``koemo reproduce`` reach it through
+:func:`koemo.training.run.run_folds`). What it does, step by step (:class:`_FoldRun`):
 
-- text sources: ``gold`` (golden path), ``asr:B`` (STT path) or ``cr:B`` (both paths, loss
-  ``CE + lambda * KL``, :mod:`koemo.training.losses`); validation, and so the checkpoint choice,
-  uses the text the model will meet in service: the STT path for ``asr:``/``cr:``, gold for ``gold``;
-- Adam, ``train.batch_size`` examples per optimiser step (the effective batch), split into
-  ``train.grad_accum`` micro-batches; losses are summed and divided by the step's size, so
-  accumulation and data-parallel shards give the full-batch mean gradient;
-- best-on-validation (weighted F1) weights, optional early stopping (``train.early_stopping``
-  epochs of patience), optional balanced class weights;
-- ``train.seed`` seeds the initialisation, the per-epoch shuffle and dropout (the split has its
-  own ``split.seed``; ``koemo train --seed S`` sets both);
-- multi-process data parallel: started by ``torchrun``, each process builds the same model
-  (``DistributedDataParallel`` broadcasts rank 0's weights), takes every ``world_size``-th example
-  of each step and DDP averages gradients; rank 0 writes the bundle;
-- after every epoch the bundle is rewritten atomically with a resume state; a run killed in
-  epoch k restarts at epoch k from the state of epoch k-1 and ends bit-for-bit where an
-  uninterrupted run ends (the shuffle and dropout seeds depend only on seed and epoch).
+1. **plan** (:func:`plan_fold`): the text sources (``gold`` golden path, ``asr:B`` STT path,
+   ``cr:B`` both paths with loss ``CE + lambda * KL``, :mod:`koemo.training.losses`), checks that
+   the data covers the fold, and the run's fingerprint; validation, and so the checkpoint choice,
+   uses the text the model will meet in service (the STT path for ``asr:``/``cr:``);
+2. **build**: the recipe's fusion model for the data's dimensions (or a given encoders+fusion
+   module), Adam, optional balanced class weights;
+3. **resume**: from the bundle's resume state (a killed run restarts at the epoch after the last
+   checkpoint and ends bit-for-bit where an uninterrupted run ends: the shuffle and dropout seeds
+   depend only on seed and epoch), or from a complete bundle of the same fingerprint;
+4. **epochs**: ``train.batch_size`` examples per optimiser step, split into ``train.grad_accum``
+   micro-batches and over data-parallel processes (:func:`accumulate_step`); best-on-validation
+   (weighted F1, ties broken by NLL) weights kept, optional early stopping; a checkpoint every
+   ``train.checkpoint_every`` epochs;
+5. **finish**: the best weights tested on every text source the data has for the test clips,
+   the complete bundle written (:mod:`koemo.training.bundle`).
+
+``train.seed`` seeds the initialisation, the per-epoch shuffle and dropout (the split has its
+own ``split.seed``; ``koemo train --seed S`` sets both).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,58 +42,24 @@ from koemo.config import Recipe, to_dict
 from koemo.data.labels import resolve_label_set
 from koemo.data.splits import Fold
 from koemo.errors import KoemoError
-from koemo.training.bundle import read_meta, read_resume_state, write_bundle
-from koemo.training.data import FeatureData, parse_text_train
+from koemo.metrics import Prediction, compute_metrics
+from koemo.sources import TrainingText
+from koemo.training import bundle as bundles
+from koemo.training.data import FeatureData
+from koemo.training.distributed import all_reduce_sums, barrier, dist_info, init_distributed, to_device
 from koemo.training.losses import CRVariant, ce_sum, class_weights, cr_sum
 
 log = logging.getLogger("koemo")
 
 EpochCallback = Callable[[int, dict], None]
 
-
-# ---------------------------------------------------------------------------------------------
-# distributed
-
-
-def to_device(batch: dict, device: str) -> dict:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
-def dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: str = "cpu") -> tuple[int, int, str]:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1).
-
-    gloo on CPU, nccl on CUDA (each process on its ``LOCAL_RANK`` GPU). Returns (rank, world, device).
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        cuda = device.startswith("cuda") and torch.cuda.is_available()
-        dist.init_process_group("nccl" if cuda else "gloo")
-        if cuda:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            device = f"cuda:{local}"
-    rank, world = dist_info()
-    return rank, world, device
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics
+__all__ = ["FoldPlan", "TrainResult", "accumulate_step", "autocast", "bundle_done", "dist_info",
+           "init_distributed", "plan_fold", "predict_proba", "score", "train_fold"]
+bundle_done = bundles.bundle_done
 
 
 def score(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], probs=None) -> dict[str, float]:
-    """Weighted F1 and friends, from koemo.evaluation.metrics."""
-    from koemo.evaluation.metrics import compute_metrics
-
+    """Weighted F1 and friends (:mod:`koemo.metrics`)."""
     return compute_metrics(list(y_true), list(y_pred), list(labels), probs).scalars()
 
 
@@ -121,10 +89,6 @@ def predict_proba(model: nn.Module, data: FeatureData, ids: Sequence[str], sourc
         out.append(torch.softmax(logits.float(), dim=-1).cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, len(data.label_list)))
-
-
-# ---------------------------------------------------------------------------------------------
-# result
 
 
 @dataclass
@@ -172,26 +136,28 @@ def accumulate_step(net: nn.Module, loss_fn: Callable[[Sequence[str]], tuple[tor
     return sums
 
 
+# ---------------------------------------------------------------------------------------------
+# 1. plan
+
+
+#: config fields added after bundles were first fingerprinted, with the default that leaves a
+#: fold's fingerprint as it was before the field existed (cached grids stay valid)
+FINGERPRINT_NEUTRAL = {("train", "precision"): "fp32", ("model", "options"): {}}
+
+
 def _fingerprint(cfg: dict, fold: Fold, data_hash: str, world: int) -> str:
     cfg = json.loads(json.dumps(cfg))
     for key in ("epochs", "early_stopping", "device", "checkpoint_every"):  # may change between a run and its resume
         cfg.get("train", {}).pop(key, None)
-    if cfg.get("train", {}).get("precision") == "fp32":  # the default: fingerprints from before the field stay valid
-        cfg["train"].pop("precision")
+    for (section, key), neutral in FINGERPRINT_NEUTRAL.items():
+        if key in cfg.get(section, {}) and cfg[section][key] == neutral:
+            cfg[section].pop(key)
     # The evaluation grid does not change how a fold trains (what it is tested on is in the data
     # hash): adding a row to eval.table3 must not retrain every other fold of koemo reproduce.
     cfg.pop("eval", None)
     doc = {"config": cfg, "fold": [fold.name, fold.train, fold.valid, fold.test], "data": data_hash,
            "world": world}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def _rng_for(seed: int, epoch: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch])
 
 
 @dataclass
@@ -214,10 +180,9 @@ class FoldPlan:
 def plan_fold(recipe: Recipe, fold: Fold, data: FeatureData) -> FoldPlan:
     """Check the data covers the fold (clear errors, with the utterance id) and fingerprint it."""
     tc = recipe.train
-    mode, stt = parse_text_train(tc.text)
-    variant = CRVariant(tc.cr_lambda, tc.cr_ce_path, tc.cr_kl, tc.cr_detach_target) if mode == "cr" else None
-    train_sources = {"gold": ["gold"], "asr": [stt], "cr": ["gold", stt]}[mode]
-    valid_source = "gold" if mode == "gold" else stt
+    text = TrainingText.parse(tc.text)
+    variant = CRVariant(tc.cr_lambda, tc.cr_ce_path, tc.cr_kl, tc.cr_detach_target) if text.mode == "cr" else None
+    train_sources, valid_source = text.train_sources, text.service_source
     labels = list(resolve_label_set(recipe.data.label_set))
     if list(data.label_list) != labels:
         raise KoemoError(f"data labels {data.label_list} differ from the recipe's {labels}")
@@ -233,24 +198,210 @@ def plan_fold(recipe: Recipe, fold: Fold, data: FeatureData) -> FoldPlan:
                                 (fold.test, test_sources)])
     cfg_dict = to_dict(recipe)
     fingerprint = _fingerprint(cfg_dict, fold, data_hash, dist_info()[1])
-    return FoldPlan(mode, stt, variant, labels, train_sources, valid_source, test_sources, cfg_dict,
-                    data_hash, fingerprint)
+    return FoldPlan(text.mode, None if text.stt is None else str(text.stt), variant, labels, train_sources,
+                    valid_source, test_sources, cfg_dict, data_hash, fingerprint)
 
 
-def bundle_done(out: str | Path, fingerprint: str) -> bool:
-    """Does ``out`` hold a complete bundle of exactly this run (same fingerprint)?"""
-    out = Path(out)
-    if not (out / "bundle.json").exists():
-        return False
-    try:
-        meta = read_meta(out)
-    except KoemoError:
-        return False
-    return bool(meta.get("complete")) and meta.get("fingerprint") == fingerprint
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# training
+def _rng_for(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])
+
+
+def _check_settings(tc) -> None:
+    if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 0 or tc.checkpoint_every < 0:
+        raise KoemoError("train.batch_size and train.grad_accum must be >= 1, train.epochs and "
+                         "train.checkpoint_every >= 0")
+    autocast(tc.device, tc.precision)  # refuses an unknown precision before any work
+
+
+class _FoldRun:
+    """One fold's training state, advanced by the steps :func:`train_fold` calls in order."""
+
+    # ---- 2. build
+    def __init__(self, recipe: Recipe, fold: Fold, data: FeatureData, plan: FoldPlan,
+                 model: nn.Module | None, out: Path | None):
+        from koemo.fusion import build_from_config
+
+        self.recipe, self.fold, self.data, self.plan, self.out = recipe, fold, data, plan, out
+        self.tc = tc = recipe.train
+        self.device, self.precision = tc.device, tc.precision
+        self.rank, self.world = dist_info()
+        torch.manual_seed(tc.seed)
+        self.end_to_end = model is not None and not hasattr(model, "embed")
+        if model is None:
+            a_dim, t_dim = data.dims(plan.train_sources[0])
+            model = build_from_config(recipe.model, a_dim, t_dim, len(plan.labels))
+        self.model = model.to(self.device)
+        self.optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
+                                      weight_decay=tc.weight_decay)
+        self.cw = (class_weights(data.y(fold.train).tolist(), len(plan.labels)).to(self.device)
+                   if tc.class_weights else None)
+        self.start_epoch, self.history = 0, []
+        self.best: dict[str, Any] = {"f1": -1.0, "epoch": 0, "state": None, "bad": 0}
+        self.net: nn.Module = model
+
+    # ---- 3. resume
+    def resume(self) -> None:
+        """Continue an interrupted run (resume state) or take over a complete bundle of this run."""
+        out, fingerprint = self.out, self.plan.fingerprint
+        state = bundles.read_resume_state(out)
+        if state is None and (out / bundles.META).exists():
+            meta = bundles.read_meta(out)
+            if meta.get("complete") and meta.get("fingerprint") == fingerprint:
+                log.info("%s: already trained (complete bundle); evaluating it", out)
+                self.model.load_state_dict(bundles.load_weights(out / bundles.WEIGHTS))
+                self.start_epoch = self.tc.epochs
+                self.history = meta.get("history", [])
+                self.best = {"f1": meta["metrics"]["valid"]["weighted_f1"], "epoch": meta["best_epoch"],
+                             "state": _state_copy(self.model), "bad": 0}
+        if state is not None:
+            if state["fingerprint"] != fingerprint:
+                raise KoemoError(f"{out}: holds a different run (config, fold or data changed); "
+                                 "use another --out or start over with --no-resume")
+            self.model.load_state_dict(state["model"])
+            self.optim.load_state_dict(state["optim"])
+            self.start_epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
+            log.info("%s: resuming after epoch %d of %d", out, self.start_epoch, self.tc.epochs)
+
+    def wrap_parallel(self) -> None:
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+
+    # ---- 4. epochs
+    def micro_loss(self, ids: Sequence[str]) -> tuple[torch.Tensor, dict]:
+        """The loss summed over ``ids``: CE on the training text, or CE + lambda * KL (``cr``)."""
+        data, plan = self.data, self.plan
+        y = data.y(ids).to(self.device)
+
+        def forward(pairs):  # under train.precision; the losses see fp32 logits
+            with autocast(self.device, self.precision):
+                return self.net(**to_device(data.batch(pairs), self.device)).float()
+
+        if plan.mode == "cr":
+            # one forward over both paths: golden-path rows first, then the STT-path rows
+            logits = forward([(u, "gold") for u in ids] + [(u, plan.stt) for u in ids])
+            return cr_sum(logits[: len(ids)], logits[len(ids):], y, plan.variant, self.cw)
+        loss = ce_sum(forward([(u, plan.train_sources[0]) for u in ids]), y, self.cw)
+        return loss, {"ce": float(loss.detach())}
+
+    def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        tc, fold = self.tc, self.fold
+        order = [fold.train[i] for i in _rng_for(tc.seed, epoch).permutation(len(fold.train))]
+        torch.manual_seed(tc.seed * 1_000_003 + epoch * 7919 + self.rank)  # dropout, per epoch and rank
+        self.net.train()
+        sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
+        steps = (len(fold.train) + tc.batch_size - 1) // tc.batch_size
+        bar = tqdm(total=steps, desc=f"{fold.name} epoch {epoch + 1}/{tc.epochs}",
+                   disable=not progress or self.rank != 0, leave=False, unit="step")
+        for s in range(steps):
+            step_ids = order[s * tc.batch_size:(s + 1) * tc.batch_size]
+            self.optim.zero_grad(set_to_none=True)
+            for key, v in accumulate_step(self.net, self.micro_loss, step_ids, self.rank, self.world,
+                                          tc.grad_accum).items():
+                sums[key] = sums.get(key, 0.0) + v
+            self.optim.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] * self.world / max(1, (s + 1) * tc.batch_size):.3f}")
+        bar.close()
+        return all_reduce_sums(sums) if self.world > 1 else sums
+
+    def evaluate(self, ids: Sequence[str], source: str) -> tuple[np.ndarray, dict[str, float]]:
+        probs = predict_proba(self.model, self.data, ids, source, self.tc.batch_size, self.device, self.precision)
+        labels = self.plan.labels
+        return probs, score([self.data.labels[u] for u in ids], [labels[i] for i in probs.argmax(1)], labels, probs)
+
+    def validate(self, epoch: int, sums: dict[str, float], t0: float) -> dict:
+        """Score the epoch on validation, keep the best weights, record the epoch's history."""
+        _, valid = self.evaluate(self.fold.valid, self.plan.valid_source)
+        best = self.best
+        # Small validation sets tie often: among equal F1, the lower validation NLL wins.
+        nll = valid.get("nll", float("inf"))
+        improved = valid["weighted_f1"] > best["f1"] or (
+            valid["weighted_f1"] == best["f1"] and nll < best.get("nll", float("inf")))
+        if improved:
+            self.best = {"f1": valid["weighted_f1"], "nll": nll, "epoch": epoch + 1,
+                         "state": _state_copy(self.model), "bad": 0}
+        else:
+            best["bad"] += 1
+        n = max(1, len(self.fold.train))
+        info = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
+                "valid_weighted_f1": valid["weighted_f1"], "valid_accuracy": valid["accuracy"],
+                "seconds": round(time.perf_counter() - t0, 3)}
+        if self.plan.mode == "cr":
+            info["train_kl"] = sums["kl"] / n
+        self.history.append(info)
+        log.info("%s epoch %d/%d: train loss %.4f, valid weighted F1 %.4f%s (%.1f s)", self.fold.name, epoch + 1,
+                 self.tc.epochs, info["train_loss"], valid["weighted_f1"], " (best)" if improved else "",
+                 info["seconds"])
+        return info
+
+    def meta(self, encoders: dict | None) -> dict[str, Any]:
+        """What the bundle records besides weights and results (:mod:`koemo.training.bundle`)."""
+        recipe, plan, fold = self.recipe, self.plan, self.fold
+        fusion = getattr(self.model, "fusion", self.model)
+        return {
+            "koemo_version": _version(),
+            **bundles.describe_model(recipe.model, fusion),
+            "labels": plan.labels,
+            "text_train": self.tc.text,
+            "valid_source": plan.valid_source,
+            "cr": vars(plan.variant) if plan.variant else None,
+            "encoders": encoders or {},
+            "end_to_end": self.end_to_end,
+            "split": {"protocol": recipe.split.protocol, "folds": recipe.split.folds, "seed": recipe.split.seed,
+                      "fold": fold.name, "n_train": len(fold.train), "n_valid": len(fold.valid),
+                      "n_test": len(fold.test)},
+            "seed": self.tc.seed,
+            "world_size": self.world,
+            "data_hash": plan.data_hash,
+            "fingerprint": plan.fingerprint,
+        }
+
+    def checkpoint(self, epoch: int, meta: dict) -> None:
+        """Every ``train.checkpoint_every`` epochs (and the last): the bundle with a resume state."""
+        every = self.tc.checkpoint_every
+        if self.out is None or self.rank != 0 or not every or not ((epoch + 1) % every == 0 or epoch + 1 == self.tc.epochs):
+            return
+        best = self.best
+        resume_state = {"epoch": epoch + 1, "model": _state_copy(self.model), "optim": self.optim.state_dict(),
+                        "history": self.history, "best": best, "fingerprint": self.plan.fingerprint}
+        bundles.write_bundle(self.out, {**meta, "complete": False, "best_epoch": best["epoch"],
+                                        "epochs_done": epoch + 1, "history": self.history,
+                                        "metrics": {"valid": {"weighted_f1": best["f1"]}}},
+                             self.plan.config, best["state"], resume_state)
+
+    # ---- 5. finish
+    def finish(self, meta: dict) -> TrainResult:
+        """Best weights back, tested on every test source, the complete bundle written."""
+        if self.best["state"] is None:  # epochs == 0
+            self.best = {"f1": float("nan"), "epoch": 0, "state": _state_copy(self.model), "bad": 0}
+        best, plan, fold, data = self.best, self.plan, self.fold, self.data
+        self.model.load_state_dict(best["state"])
+        self.model.eval()
+        _, valid = self.evaluate(fold.valid, plan.valid_source)
+        test: dict[str, dict[str, float]] = {}
+        predictions: dict[str, list] = {}
+        for source in plan.test_sources:
+            probs, test[source] = self.evaluate(fold.test, source)
+            predictions[source] = [
+                Prediction(u, data.labels[u], plan.labels[int(probs[i].argmax())], probs[i].tolist(),
+                           self.recipe.split.seed, fold.name, {"source": source, "text_train": self.tc.text})
+                for i, u in enumerate(fold.test)
+            ]
+        meta = {**meta, "complete": True, "best_epoch": best["epoch"], "epochs_done": len(self.history),
+                "history": self.history, "metrics": {"valid": valid, "test": test}}
+        if self.out is not None and self.rank == 0:
+            bundles.write_bundle(self.out, meta, plan.config, best["state"], None, predictions)
+        return TrainResult(self.out, best["epoch"], len(self.history), plan.valid_source, valid, test,
+                           self.history, self.model, meta, predictions)
 
 
 def train_fold(
@@ -271,200 +422,31 @@ def train_fold(
 
     ``model`` defaults to the recipe's fusion model built for the data's dimensions; pass an
     encoders+fusion module (:mod:`koemo.training.finetune`) to train end to end, with ``data``
-    holding the encoders' raw inputs. ``fold_plan``: :func:`plan_fold`'s result, if the caller has it. ``callbacks(epoch, info)`` run after each epoch's bundle is
-    written (``epoch`` 1-based); an exception there stops training as a kill would.
+    holding the encoders' raw inputs. ``fold_plan``: :func:`plan_fold`'s result, if the caller
+    has it. ``callbacks(epoch, info)`` run after each epoch's bundle is written (``epoch``
+    1-based); an exception there stops training as a kill would.
     """
-    from tqdm.auto import tqdm
-
-    from koemo.fusion import build_fusion
-
-    tc, mc = recipe.train, recipe.model
     plan = fold_plan or plan_fold(recipe, fold, data)
-    mode, stt, variant = plan.mode, plan.stt, plan.variant
-    train_sources, valid_source, test_sources = plan.train_sources, plan.valid_source, plan.test_sources
-    if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 0 or tc.checkpoint_every < 0:
-        raise KoemoError("train.batch_size and train.grad_accum must be >= 1, train.epochs and "
-                         "train.checkpoint_every >= 0")
-    device, precision = tc.device, tc.precision
-    autocast(device, precision)  # refuses an unknown precision before any work
-    labels = plan.labels
-    rank, world = dist_info()
-    data_hash, cfg_dict, fingerprint = plan.data_hash, plan.config, plan.fingerprint
-
-    torch.manual_seed(tc.seed)
-    end_to_end = model is not None and not hasattr(model, "embed")
-    if model is None:
-        a_dim, t_dim = data.dims(train_sources[0])
-        model = build_fusion(mc.fusion, a_dim, t_dim, len(labels), hidden=mc.hidden, heads=mc.heads,
-                             layers=mc.layers, dropout=mc.dropout, audio_pool=mc.audio_pool)
-    model.to(device)
-    optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
-                             weight_decay=tc.weight_decay)
-    y_train = data.y(fold.train)
-    cw = class_weights(y_train.tolist(), len(labels)).to(device) if tc.class_weights else None
-
-    # ---- resume
-    out = Path(out_dir) if out_dir else None
-    start_epoch, history, best = 0, [], {"f1": -1.0, "epoch": 0, "state": None, "bad": 0}
-    state = read_resume_state(out) if (out is not None and resume) else None
-    if out is not None and resume and state is None and (out / "bundle.json").exists():
-        meta = read_meta(out)
-        if meta.get("complete") and meta.get("fingerprint") == fingerprint:
-            log.info("%s: already trained (complete bundle); evaluating it", out)
-            from koemo.training.bundle import load_weights
-
-            model.load_state_dict(load_weights(out / "model.safetensors"))
-            start_epoch = tc.epochs
-            history = meta.get("history", [])
-            best = {"f1": meta["metrics"]["valid"]["weighted_f1"], "epoch": meta["best_epoch"],
-                    "state": _state_copy(model), "bad": 0}
-    if state is not None:
-        if state["fingerprint"] != fingerprint:
-            raise KoemoError(f"{out}: holds a different run (config, fold or data changed); "
-                             "use another --out or start over with --no-resume")
-        model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optim"])
-        start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        log.info("%s: resuming after epoch %d of %d", out, start_epoch, tc.epochs)
-
-    net: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-
-    def micro_loss(ids: Sequence[str]) -> tuple[torch.Tensor, dict]:
-        y = data.y(ids).to(device)
-
-        def forward(pairs):  # under train.precision; the losses see fp32 logits
-            with autocast(device, precision):
-                return net(**to_device(data.batch(pairs), device)).float()
-
-        if mode == "cr":
-            logits = forward([(u, "gold") for u in ids] + [(u, stt) for u in ids])
-            return cr_sum(logits[: len(ids)], logits[len(ids):], y, variant, cw)
-        loss = ce_sum(forward([(u, train_sources[0]) for u in ids]), y, cw)
-        return loss, {"ce": float(loss.detach())}
-
-    meta_base = {
-        "koemo_version": _version(),
-        "model": {"fusion": mc.fusion, "hidden": mc.hidden, "heads": mc.heads, "layers": mc.layers,
-                  "dropout": mc.dropout, "audio_pool": mc.audio_pool},
-        "audio_dim": getattr(_fusion_of(model), "audio_dim", None),
-        "text_dim": getattr(_fusion_of(model), "text_dim", None),
-        "labels": labels,
-        "text_train": tc.text,
-        "valid_source": valid_source,
-        "cr": vars(variant) if variant else None,
-        "encoders": encoders or {},
-        "end_to_end": end_to_end,
-        "split": {"protocol": recipe.split.protocol, "folds": recipe.split.folds, "seed": recipe.split.seed,
-                  "fold": fold.name, "n_train": len(fold.train), "n_valid": len(fold.valid),
-                  "n_test": len(fold.test)},
-        "seed": tc.seed,
-        "world_size": world,
-        "data_hash": data_hash,
-        "fingerprint": fingerprint,
-    }
-
-    steps_per_epoch = (len(fold.train) + tc.batch_size - 1) // tc.batch_size
-    epoch = start_epoch
-    for epoch in range(start_epoch, tc.epochs):
-        if tc.early_stopping and best["bad"] >= tc.early_stopping:
-            log.info("early stopping: no better validation F1 for %d epochs", best["bad"])
+    _check_settings(recipe.train)
+    run = _FoldRun(recipe, fold, data, plan, model, Path(out_dir) if out_dir else None)
+    if run.out is not None and resume:
+        run.resume()
+    run.wrap_parallel()
+    meta = run.meta(encoders)
+    tc = recipe.train
+    for epoch in range(run.start_epoch, tc.epochs):
+        if tc.early_stopping and run.best["bad"] >= tc.early_stopping:
+            log.info("early stopping: no better validation F1 for %d epochs", run.best["bad"])
             break
         t0 = time.perf_counter()
-        order = [fold.train[i] for i in _rng_for(tc.seed, epoch).permutation(len(fold.train))]
-        torch.manual_seed(tc.seed * 1_000_003 + epoch * 7919 + rank)  # dropout, per epoch and rank
-        net.train()
-        sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
-        bar = tqdm(total=steps_per_epoch, desc=f"{fold.name} epoch {epoch + 1}/{tc.epochs}",
-                   disable=not progress or rank != 0, leave=False, unit="step")
-        for s in range(steps_per_epoch):
-            step_ids = order[s * tc.batch_size:(s + 1) * tc.batch_size]
-            optim.zero_grad(set_to_none=True)
-            step_sums = accumulate_step(net, micro_loss, step_ids, rank, world, tc.grad_accum)
-            for key, v in step_sums.items():
-                sums[key] = sums.get(key, 0.0) + v
-            optim.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] * world / max(1, (s + 1) * tc.batch_size):.3f}")
-        bar.close()
-        probs = predict_proba(model, data, fold.valid, valid_source, tc.batch_size, device, precision)
-        pred = [labels[i] for i in probs.argmax(1)]
-        valid = score([data.labels[u] for u in fold.valid], pred, labels, probs)
-        # Small validation sets tie often: among equal F1, the lower validation NLL wins.
-        nll = valid.get("nll", float("inf"))
-        improved = valid["weighted_f1"] > best["f1"] or (
-            valid["weighted_f1"] == best["f1"] and nll < best.get("nll", float("inf")))
-        if improved:
-            best = {"f1": valid["weighted_f1"], "nll": nll, "epoch": epoch + 1,
-                    "state": _state_copy(model), "bad": 0}
-        else:
-            best["bad"] += 1
-        keys = sorted(sums)
-        if world > 1:  # every process saw its own share of the examples: add them up
-            import torch.distributed as dist
-
-            t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
-            dist.all_reduce(t)
-            sums = dict(zip(keys, t.tolist()))
-        n = max(1, len(fold.train))
-        info = {"epoch": epoch + 1, "train_loss": sums["loss"] / n,
-                "train_ce": sums["ce"] / n, "valid_weighted_f1": valid["weighted_f1"],
-                "valid_accuracy": valid["accuracy"], "seconds": round(time.perf_counter() - t0, 3)}
-        if mode == "cr":
-            info["train_kl"] = sums["kl"] / n
-        history.append(info)
-        log.info("%s epoch %d/%d: train loss %.4f, valid weighted F1 %.4f%s (%.1f s)", fold.name, epoch + 1,
-                 tc.epochs, info["train_loss"], valid["weighted_f1"], " (best)" if improved else "",
-                 info["seconds"])
-        every = tc.checkpoint_every
-        if out is not None and rank == 0 and every and ((epoch + 1) % every == 0 or epoch + 1 == tc.epochs):
-            resume_state = {"epoch": epoch + 1, "model": _state_copy(model), "optim": optim.state_dict(),
-                            "history": history, "best": best, "fingerprint": fingerprint}
-            write_bundle(out, {**meta_base, "complete": False, "best_epoch": best["epoch"],
-                               "epochs_done": epoch + 1, "history": history,
-                               "metrics": {"valid": {"weighted_f1": best["f1"]}}},
-                         cfg_dict, best["state"], resume_state)
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        sums = run.train_epoch(epoch, progress)
+        info = run.validate(epoch, sums, t0)
+        run.checkpoint(epoch, meta)
+        if run.world > 1:
+            barrier()
         for cb in callbacks:
             cb(epoch + 1, info)
-
-    # ---- best weights, final evaluation, final bundle
-    if best["state"] is None:  # epochs == 0
-        best = {"f1": float("nan"), "epoch": 0, "state": _state_copy(model), "bad": 0}
-    model.load_state_dict(best["state"])
-    model.eval()
-    valid_probs = predict_proba(model, data, fold.valid, valid_source, tc.batch_size, device, precision)
-    valid = score([data.labels[u] for u in fold.valid], [labels[i] for i in valid_probs.argmax(1)],
-                  labels, valid_probs)
-    test: dict[str, dict[str, float]] = {}
-    predictions: dict[str, list] = {}
-    from koemo.evaluation.metrics import Prediction
-
-    for source in test_sources:
-        probs = predict_proba(model, data, fold.test, source, tc.batch_size, device, precision)
-        pred = [labels[i] for i in probs.argmax(1)]
-        test[source] = score([data.labels[u] for u in fold.test], pred, labels, probs)
-        predictions[source] = [
-            Prediction(u, data.labels[u], p, probs[i].tolist(), recipe.split.seed, fold.name,
-                       {"source": source, "text_train": tc.text})
-            for i, (u, p) in enumerate(zip(fold.test, pred))
-        ]
-    meta = {**meta_base, "complete": True, "best_epoch": best["epoch"], "epochs_done": len(history),
-            "history": history, "metrics": {"valid": valid, "test": test}}
-    if out is not None and rank == 0:
-        write_bundle(out, meta, cfg_dict, best["state"], None, predictions)
-    return TrainResult(out, best["epoch"], len(history), valid_source, valid, test, history, model, meta,
-                       predictions)
-
-
-def _fusion_of(model: nn.Module) -> nn.Module:
-    return getattr(model, "fusion", model)
+    return run.finish(meta)
 
 
 def _version() -> str:

@@ -90,7 +90,7 @@ def test_fasttext_train_and_encode(tmp_path):
 
 
 def test_e5_engine_build_needs_a_compiler(tmp_path, monkeypatch):
-    from koemo.encoders.e5 import compile_engine
+    from koemo.models.engines import compile_engine
 
     (tmp_path / "e5.c").write_text("int e5_dim(void *m) { return 384; }\n")
     assert compile_engine(tmp_path).is_file()  # the system C compiler builds a shared library

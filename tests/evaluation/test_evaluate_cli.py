@@ -11,8 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from koemo.cli import app
-from koemo.evaluation.evaluate import collect, find_bundles, infer_labels
-from koemo.evaluation.metrics import Prediction, write_predictions
+from koemo.evaluation.evaluate import collect, infer_labels
+from koemo.training.bundle import find_bundles
+from koemo.metrics import Prediction, write_predictions
 from koemo.errors import KoemoError
 
 runner = CliRunner()

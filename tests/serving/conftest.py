@@ -80,9 +80,9 @@ def trained_bundle(tmp_path_factory, serving_utts, require_model) -> Path:
 def predictor(trained_bundle):
     """The real pipeline: whisper-base ASR, encoders and the trained fusion model, loaded once."""
     from koemo.serving.limits import Limits
-    from koemo.serving.predictor import Predictor
+    from koemo.serving.loader import load_predictor
 
-    return Predictor.from_bundle(trained_bundle, asr="whisper-base", limits=Limits(segment_over_s=15))
+    return load_predictor(trained_bundle, asr="whisper-base", limits=Limits(segment_over_s=15))
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def test_serve_help_lists_options():
 def test_run_directory_resolves_to_its_best_fold(trained_bundle, tmp_path):
     """``--model`` may name a ``koemo train --out`` run: the fold with the best validation F1."""
     from koemo.errors import KoemoError
-    from koemo.serving.bundle import resolve_bundle
+    from koemo.training.bundle import resolve_bundle
 
     run = tmp_path / "run"
     for name, f1 in (("fold-a", 0.4), ("fold-b", 0.7), ("fold-c", 0.7)):

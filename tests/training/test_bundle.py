@@ -32,3 +32,57 @@ def test_interrupted_swap_is_recovered(tmp_path):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(KoemoError, match="not a koemo model bundle"):
         read_meta(tmp_path)
+
+
+def _trained_bundle(tmp_path):
+    from koemo.training.trainer import predict_proba, train_fold
+    from tests.training.synth import feature_data, make_recipe
+
+    data, fold = feature_data()
+    res = train_fold(make_recipe(epochs=2), fold, data, out_dir=tmp_path / "b", progress=False)
+    return tmp_path / "b", predict_proba(res.model, data, fold.test, "gold"), data, fold
+
+
+def test_a_version_1_bundle_loads_as_it_was_trained(tmp_path):
+    """koemo-bundle/1 had no per-fusion options; it is read by upgrading, not refused."""
+    import json
+
+    import numpy as np
+
+    from koemo.training.bundle import load_bundle
+    from koemo.training.trainer import predict_proba
+
+    out, expected, data, fold = _trained_bundle(tmp_path)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["format"] == "koemo-bundle/2" and meta["model"]["options"] == {}
+    meta["format"] = "koemo-bundle/1"
+    meta["model"] = {k: meta["model"][k] for k in ("fusion", "hidden", "heads", "layers", "dropout")}
+    (out / "bundle.json").write_text(json.dumps(meta))
+    b = load_bundle(out)
+    assert b.meta["format"] == "koemo-bundle/2" and b.meta["model"]["audio_pool"] == 1
+    np.testing.assert_allclose(predict_proba(b.model, data, fold.test, "gold"), expected, atol=1e-6)
+
+
+def test_bundles_that_cannot_load_are_refused_with_the_reason(tmp_path):
+    import json
+
+    from koemo.training.bundle import load_bundle
+
+    out, *_ = _trained_bundle(tmp_path)
+    meta = json.loads((out / "bundle.json").read_text())
+    for fmt in ("koemo-bundle/3", None):
+        (out / "bundle.json").write_text(json.dumps({**meta, "format": fmt}))
+        with pytest.raises(KoemoError) as e:
+            load_bundle(out)
+        assert str(e.value) == f"{out}: bundle format {fmt!r}, this koemo reads koemo-bundle/1, koemo-bundle/2"
+    old = {**meta, "format": "koemo-bundle/1"}
+    del old["audio_dim"]
+    (out / "bundle.json").write_text(json.dumps(old))
+    with pytest.raises(KoemoError, match="records no input dims or labels to rebuild the model from"):
+        load_bundle(out)
+    (out / "bundle.json").write_text("{not json")
+    with pytest.raises(KoemoError, match="unreadable bundle metadata"):
+        load_bundle(out)
+    (out / "bundle.json").write_text(json.dumps({**meta, "model": {**meta["model"], "options": {"nope": 1}}}))
+    with pytest.raises(KoemoError, match="model.options.nope: fusion model 'shallow' takes no options"):
+        load_bundle(out)

@@ -10,7 +10,7 @@ import torch
 
 from koemo.errors import BadInputError, KoemoError, UnknownLabelError
 from koemo.training.bundle import load_bundle
-from koemo.training.data import FeatureData, parse_text_train
+from koemo.training.data import FeatureData
 from koemo.training.trainer import accumulate_step, predict_proba, train_fold
 from tests.training.synth import LABELS, feature_data, make_data, make_fold, make_recipe
 
@@ -23,15 +23,6 @@ def assert_same(a, b, **kw):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], **kw)
-
-
-def test_parse_text_train():
-    assert parse_text_train("gold") == ("gold", None)
-    assert parse_text_train("asr:whisper-base") == ("asr", "asr:whisper-base")
-    assert parse_text_train("cr:whisper-base") == ("cr", "asr:whisper-base")
-    assert parse_text_train("cr:asr:vosk-ko@babble-0db") == ("cr", "asr:vosk-ko@babble-0db")
-    with pytest.raises(KoemoError, match="gold, asr:<backend> or cr:<backend>"):
-        parse_text_train("whisper")
 
 
 @pytest.mark.parametrize("fusion", ["shallow", "fusion-transformer", "mult", "audio-only", "text-only"])
@@ -275,3 +266,22 @@ def test_bf16_precision_learns_changes_the_numbers_and_keeps_old_fingerprints():
     assert _fingerprint(old_cfg, fold, fp.data_hash, 1) == fp.fingerprint
     with pytest.raises(KoemoError, match="train.precision='fp16'"):
         train_fold(make_recipe(precision="fp16"), fold, data, progress=False)
+
+
+def test_fingerprints_are_those_of_the_bundles_already_trained():
+    """Values computed with koemo before the experiments/bundle restructure (commit 778ed49): a
+    change here would retrain every cached fold of every grid."""
+    from koemo.training.trainer import plan_fold
+
+    data, fold = feature_data()
+    expected = {
+        (): "a5514d6279fc83b4223f0db5e912a7182a3b60fe90ee23bc34504217da6067ee",
+        (("text", "cr:fake"), ("fusion", "mult")): "52fe27bb1a4aa36a27573562b09515ce5c2a0d0add11c76f7e4c139e3e601e74",
+        (("precision", "bf16"),): "9ebee1861e1404d9696a528be3b2b59eecc4d77453603e034704f55ccc6a7e84",
+    }
+    for kw, fingerprint in expected.items():
+        assert plan_fold(make_recipe(**dict(kw)), fold, data).fingerprint == fingerprint
+    # a per-fusion option is a different run
+    recipe = make_recipe()
+    recipe.model.options = {"x": 1}
+    assert plan_fold(recipe, fold, data).fingerprint != expected[()]

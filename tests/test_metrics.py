@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from koemo.errors import BadInputError, KoemoError
-from koemo.evaluation.metrics import (
+from koemo.metrics import (
     Prediction,
     aggregate,
     compute_metrics,

@@ -15,7 +15,8 @@ from koemo.asr.base import ASR_BACKENDS, ASRBackend
 from koemo.config import Recipe, load_config
 from koemo.encoders.base import SPEECH_ENCODERS, TEXT_ENCODERS, SpeechEncoder, TextEncoder
 from koemo.errors import KoemoError
-from koemo.evaluation.reproduce import Job, make_plan, parse_model, parse_source, reproduce
+from koemo.experiments.grid import Job, make_plan, parse_model
+from koemo.experiments.reproduce import reproduce
 
 LABELS = ["neutral", "happy", "sad", "angry"]
 FREQS = {"neutral": 200.0, "happy": 330.0, "sad": 150.0, "angry": 500.0}
@@ -132,14 +133,7 @@ eval:
     return load_config(Recipe, recipe)
 
 
-def test_names_round_trip():
-    from koemo.asr.noise import text_source
-
-    assert parse_source(text_source("whisper-base", "babble", 5.0)) == ("whisper-base", "babble", 5.0, 0)
-    assert parse_source(text_source("vosk-ko", "white", -2.5, 3)) == ("vosk-ko", "white", -2.5, 3)
-    assert parse_source("asr:whisper-base") == ("whisper-base", None, None, 0)
-    with pytest.raises(KoemoError, match="expected asr:<backend>"):
-        parse_source("gold")
+def test_model_specs():
     m = parse_model("shallow", "whisper-base-encoder", "embeddinggemma-300m")
     assert m.key == "shallow@whisper-base-encoder+embeddinggemma-300m"
     assert parse_model("text-only@fasttext-ko").speech is None
@@ -147,8 +141,10 @@ def test_names_round_trip():
         parse_model("mult@mfcc")
 
 
-def test_plan_of_the_default_recipe():
-    plan = make_plan(Recipe())
+def test_plan_of_the_paper_recipe():
+    from koemo.config import resolve_recipe
+
+    plan = make_plan(load_config(Recipe, resolve_recipe("emotiontts")))
     keys = {(j.model.key, j.train_text, j.protocol) for j in plan.jobs}
     g = "whisper-base-encoder+embeddinggemma-300m"
     for fusion in ("shallow", "fusion-transformer", "mult"):
@@ -198,12 +194,13 @@ def test_reproduce_end_to_end_on_a_tiny_fixture(tiny_recipe, tmp_path):
 
     # koemo evaluate recomputes a bundle's predictions from the feature store when they are not
     # stored, and gets exactly what the trainer stored
-    from koemo.evaluation.evaluate import bundle_predictions, predict_bundle
-    from koemo.evaluation.reproduce import fold_dir
+    from koemo.evaluation.evaluate import predict_bundle
+    from koemo.experiments.runner import fold_dir
+    from koemo.training.bundle import read_predictions
 
     bundle = fold_dir(tiny_recipe, Job(parse_model("shallow@band-energy+char-hash"), "gold", "speaker-sentence"),
                       1, "spk0-sent1")
-    stored = bundle_predictions(bundle, "asr:tone-asr")
+    stored = read_predictions(bundle, "asr:tone-asr")
     computed = predict_bundle(bundle, "asr:tone-asr", progress=False)
     assert [(p.id, p.label, p.pred) for p in computed] == [(p.id, p.label, p.pred) for p in stored]
     assert np.allclose([p.probs for p in computed], [p.probs for p in stored], atol=1e-5)
@@ -249,7 +246,7 @@ def test_a_packed_grid_trains_in_shards_elsewhere_and_matches(tiny_recipe, tmp_p
     the recogniser nor the encoders: the shards split the grid, the last run only reads them."""
     import dataclasses
 
-    import koemo.evaluation.reproduce as rp
+    import koemo.experiments.reproduce as rp
     import koemo.training.trainer as trainer
 
     pack = tmp_path / "inputs.npz"
@@ -320,7 +317,7 @@ def test_only_trains_the_matching_jobs_into_the_grids_runs_dir(tiny_recipe, tmp_
     import dataclasses
 
     import koemo.training.trainer as trainer
-    from koemo.evaluation.reproduce import runs_root
+    from koemo.experiments.runner import runs_root
 
     runs = tmp_path / "h128-runs"
     recipe = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(tiny_recipe.eval, runs_dir=str(runs),
@@ -359,7 +356,7 @@ def test_only_trains_the_matching_jobs_into_the_grids_runs_dir(tiny_recipe, tmp_
 def test_auto_commentary_states_signed_changes_and_cr_wins():
     from types import SimpleNamespace
 
-    from koemo.evaluation.reproduce import auto_commentary
+    from koemo.experiments.results import auto_commentary
 
     res = {"table3": [{"key": "mult@a+t", "mean": {"weighted_f1": 0.7}}], "protocols": [
         {"model": "shallow", "protocol": "speaker-sentence", "mean": {"weighted_f1": 0.60}},

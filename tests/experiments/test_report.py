@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from koemo.evaluation.plots import plot_confusions, plot_modality, plot_snr_curve
-from koemo.evaluation.report import (
+from koemo.experiments.report import (
     fmt_ms,
     fmt_pt,
     markdown_table,
@@ -117,7 +117,7 @@ def test_report_leaves_out_missing_sections():
 
 
 def test_snr_table_orders_clean_first_and_shows_the_cr_gap():
-    from koemo.evaluation.report import snr_table
+    from koemo.experiments.report import snr_table
 
     text = snr_table([
         {"snr": 0.0, "cer": 0.69, "asr": {"mean": 0.45, "std": 0.02}, "cr": {"mean": 0.525, "std": 0.03}},

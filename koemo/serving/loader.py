@@ -1,5 +1,6 @@
 """Assemble a :class:`~koemo.serving.predictor.Predictor` from real components: an ASR backend,
-the speech and text encoders, and a fusion network (from a trained model bundle).
+the speech and text encoders, and a fusion network (from a trained model bundle, read through
+:mod:`koemo.training.bundle`).
 
 The same encoder and fusion code that training uses runs here; nothing is re-implemented.
 """
@@ -13,8 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from koemo.errors import KoemoError
+from koemo.paths import cache_root
 from koemo.serving.limits import Limits
-from koemo.serving.predictor import Predictor, default_bundle_dir
+from koemo.serving.predictor import Predictor
+from koemo.sources import TextSource
+from koemo.training import bundle as bundles
 
 log = logging.getLogger("koemo")
 
@@ -104,48 +108,27 @@ def get_asr(name: str):
     return _ASR[name]
 
 
+def default_bundle_dir() -> Path:
+    """Where ``make demo`` leaves the trained model bundle that ``predict``/``serve`` use by default."""
+    return cache_root() / "bundles" / "default"
+
+
 def bundle_asr(meta: dict[str, Any], config: dict[str, Any]) -> str:
     """The recogniser a bundle expects in service: its validation text source's backend
     (``asr:whisper-base@babble-0db`` -> ``whisper-base``), else the recipe's ``asr.backend``."""
     for source in (meta.get("valid_source"), (config.get("eval") or {}).get("text")):
-        if isinstance(source, str) and source.startswith("asr:"):
-            return source[4:].split("@", 1)[0]
+        try:
+            parsed = TextSource.parse(source)
+        except KoemoError:
+            continue
+        if not parsed.is_gold:
+            return parsed.backend
     return (config.get("asr") or {}).get("backend") or "whisper-base"
-
-
-def resolve_bundle(path: Path) -> Path:
-    """``path`` if it is a bundle; for a training run directory (``koemo train --out``, one bundle
-    per fold) the complete bundle with the best validation weighted F1 (ties: the first by name)."""
-    from koemo.training.bundle import META, read_meta
-
-    if (path / META).is_file():
-        return path
-    candidates = sorted(p.parent for p in path.rglob(META)
-                        if not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if not candidates:
-        raise KoemoError(f"{path}: not a koemo model bundle (no {META}) and no bundles inside; "
-                         "train one with: koemo train")
-
-    def valid_f1(bundle: Path) -> float:
-        meta = read_meta(bundle)
-        f1 = ((meta.get("metrics") or {}).get("valid") or {}).get("weighted_f1")
-        usable = meta.get("complete") and not meta.get("end_to_end") and isinstance(f1, (int, float))
-        return float(f1) if usable and f1 == f1 else float("-inf")
-
-    scored = [(valid_f1(b), b) for b in candidates]
-    best_f1, best = max(scored, key=lambda x: x[0])  # max keeps the first of equals
-    if best_f1 == float("-inf"):
-        raise KoemoError(f"{path}: none of its {len(candidates)} bundles is complete")
-    if len(candidates) > 1:
-        log.info("%s: using %s (best validation weighted F1 %.3f of %d bundles)",
-                 path, best.relative_to(path), best_f1, len(candidates))
-    return best
 
 
 def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: Limits) -> Predictor:
     """Load the model bundle at ``path`` (default: :func:`default_bundle_dir`) with its encoders."""
     from koemo.encoders import get_speech_encoder, get_text_encoder
-    from koemo.training.bundle import load_bundle
 
     explicit = path is not None
     path = Path(path).expanduser() if explicit else default_bundle_dir()
@@ -158,14 +141,12 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
         )
     if not path.is_dir():
         raise KoemoError(f"{path}: not a model bundle (a bundle is a directory)")
-    path = resolve_bundle(path)
-    from koemo.training.bundle import read_meta
-
-    if read_meta(path).get("end_to_end"):
+    path = bundles.resolve_bundle(path)
+    if bundles.read_meta(path).get("end_to_end"):
         raise KoemoError(
             f"{path}: a fine-tuned (end-to-end) bundle; predict/serve load frozen-encoder bundles only so far"
         )
-    bundle = load_bundle(path)
+    bundle = bundles.load_bundle(path)
     meta, config = bundle.meta, bundle.config or {}
     if not meta.get("complete", True):
         log.warning("%s: training did not finish; serving the best epoch so far", path)

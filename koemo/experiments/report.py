@@ -192,7 +192,7 @@ def render_markdown(results: Mapping) -> str:
     if results.get("table3"):
         parts += ["## Table 3: trained and tested on human transcripts", "",
                   "Mean ± standard deviation over seeds (each seed: all folds' predictions pooled). "
-                  "Weighted accuracy equals plain accuracy by definition (see `koemo/evaluation/metrics.py`).",
+                  "Weighted accuracy equals plain accuracy by definition (see `koemo/metrics.py`).",
                   "", table3(results["table3"]), ""]
     if results.get("table4"):
         parts += ["## Table 4: ASR transcripts at test time", "",
