@@ -38,10 +38,14 @@ class SplitConfig:
     """How utterances are divided into train/validation/test."""
 
     # stratified (the paper's 8:1:1) | speaker | sentence | speaker-sentence (k-fold, group-disjoint)
+    # | text-neutral (test on the clips whose sentence is read in several emotions; koemo.data.splits)
     protocol: str = "speaker-sentence"
     folds: int = 3  # k for the group k-fold protocols
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # stratified protocol only
     seed: int = 0
+    # holdout: a validation set carved from the training side picks the best epoch;
+    # none: every training-side clip trains and the last of train.epochs is kept
+    valid: str = "holdout"
 
 
 @dataclass
@@ -61,8 +65,15 @@ class EncoderConfig:
 
     speech: str = "whisper-base-encoder"
     text: str = "embeddinggemma-300m"
-    speech_layer: int | None = None  # None = last layer
+    speech_layer: int | str | None = None  # None = last layer; k; "all": every layer, mixed by the head
     finetune: bool = False  # False: read frozen features from the store
+    # none | speaker: standardise each speaker's (in service: session's) frames by their own
+    # statistics; groups under normalise_min_clips clips use the training corpus's (koemo.fusion.inputs)
+    normalise: str = "none"
+    normalise_min_clips: int = 3
+    # Frames averaged into one before a sequence head reads them, in training and in service
+    # (16 = 320 ms for Whisper); 1 = every frame. Pooled heads read clip statistics instead.
+    speech_pool: int = 1
 
 
 @dataclass
@@ -75,8 +86,16 @@ class ModelConfig:
     layers: int = 1
     dropout: float = 0.1
     audio_pool: int = 1  # average this many speech frames per step (4 = 80 ms for Whisper); 1 = off
-    # What only one fusion has: keyword options of its class (koemo.fusion.registry), e.g. {stats: meanstd}
+    # What only one fusion has: keyword options of its class (koemo.fusion.registry), e.g. {pooling: stats}
     options: dict[str, Any] = field(default_factory=dict)
+    # Standardise every input feature with the training data's mean and sd (kept in the bundle)
+    standardise: bool = False
+    # With every speech layer (encoders.speech_layer: all): weighted (a learned weighted sum,
+    # SUPERB) or concat (side by side)
+    layer_mix: str = "weighted"
+    # How the pooled heads (shallow) summarise the speech frames: mean (the paper's) or stats
+    # (mean and standard deviation, computed once per clip: koemo.fusion.inputs)
+    pooling: str = "mean"
 
 
 @dataclass
@@ -90,6 +109,10 @@ class TrainConfig:
     grad_accum: int = 1
     weight_decay: float = 0.0
     class_weights: bool = False
+    # modality dropout: the probability that an example's text (audio) is blanked in a training
+    # step, as an empty transcript (silence) would be, so the model cannot lean on one modality
+    text_dropout: float = 0.0
+    audio_dropout: float = 0.0
     early_stopping: int = 0  # patience in epochs; 0 = off
     cr_lambda: float = 1.0
     cr_ce_path: str = "gold"  # which path gets the cross-entropy: gold | stt
@@ -101,6 +124,19 @@ class TrainConfig:
     # fp32 | bf16: bf16 runs the forward passes under autocast (matmuls in bfloat16, weights,
     # optimiser and losses in fp32); ~1.6x faster on CPUs with AVX512-BF16 (benchmarks/bench_training.py)
     precision: str = "fp32"
+
+
+@dataclass
+class AugmentConfig:
+    """Augmented copies of the training clips (:mod:`koemo.training.augment`); 0 copies = off."""
+
+    copies: int = 0
+    noise: str | None = None  # white | pink | babble
+    snr: list[float] = field(default_factory=lambda: [5.0, 20.0])  # dB range of the noise
+    speed: list[float] | None = None  # e.g. [0.9, 1.1]
+    volume_db: list[float] | None = None  # e.g. [-6, 6]
+    frame_mask: float = 0.0  # share of each copy's frames left out
+    seed: int = 0
 
 
 @dataclass
@@ -121,6 +157,9 @@ class EvalConfig:
     snr_fusion: str = "shallow"
     protocols: list[str] = field(default_factory=list)  # compared with split.protocol
     protocol_models: list[str] = field(default_factory=list)
+    # every Table 3/4 job also under the text-neutral protocol, and the main protocol's
+    # text-neutral clips scored apart (koemo.data.splits.text_neutral_ids)
+    text_neutral: bool = False
     # Where the grid's fold bundles go (default <cache>/reproduce/<recipe name>). A grid with other
     # model or training settings gets its own, or its folds would replace the default grid's.
     runs_dir: str | None = None
@@ -141,6 +180,7 @@ class Recipe:
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 

@@ -105,6 +105,7 @@ class Metrics:
     macro_f1: float
     n: int
     nll: float | None = None  # mean negative log-likelihood of the true label, when probs given
+    ece: float | None = None  # expected calibration error (15 bins, koemo.calibration), when probs given
 
     @property
     def confusion_normalised(self) -> np.ndarray:
@@ -114,6 +115,8 @@ class Metrics:
         out = {k: float(getattr(self, k)) for k in SCALARS}
         if self.nll is not None:
             out["nll"] = float(self.nll)
+        if self.ece is not None:
+            out["ece"] = float(self.ece)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,7 +139,8 @@ class Metrics:
         }
 
 
-def metrics_from_confusion(cm: np.ndarray, labels: Sequence[str], nll: float | None = None) -> Metrics:
+def metrics_from_confusion(cm: np.ndarray, labels: Sequence[str], nll: float | None = None,
+                           ece: float | None = None) -> Metrics:
     """All metrics from a confusion matrix (see the module docstring for the definitions)."""
     cm = np.asarray(cm, dtype=np.int64)
     k = len(labels)
@@ -170,6 +174,7 @@ def metrics_from_confusion(cm: np.ndarray, labels: Sequence[str], nll: float | N
         macro_f1=float(f1[present].mean()),
         n=n,
         nll=nll,
+        ece=ece,
     )
 
 
@@ -182,10 +187,11 @@ def compute_metrics(
     """Metrics of predictions ``y_pred`` against ``y_true`` over ``labels``.
 
     ``probs`` (optional, ``[N, len(labels)]`` in label order) adds the mean negative
-    log-likelihood of the true label (probabilities clipped at 1e-12).
+    log-likelihood of the true label (probabilities clipped at 1e-12) and the expected
+    calibration error (:mod:`koemo.calibration`).
     """
     cm = confusion_matrix(y_true, y_pred, labels)
-    nll = None
+    nll = ece = None
     if probs is not None:
         p = np.asarray(probs, dtype=np.float64)
         if p.shape != (len(y_true), len(labels)):
@@ -194,7 +200,10 @@ def compute_metrics(
         rows = np.arange(len(y_true))
         cols = np.array([index[t] for t in y_true])
         nll = float(-np.log(np.clip(p[rows, cols], 1e-12, 1.0)).mean())
-    return metrics_from_confusion(cm, labels, nll)
+        from koemo.calibration import ece as expected_calibration_error
+
+        ece = expected_calibration_error(p, cols)
+    return metrics_from_confusion(cm, labels, nll, ece)
 
 
 # ---------------------------------------------------------------------------------------------

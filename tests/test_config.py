@@ -16,23 +16,26 @@ def test_recipe_yaml_and_overrides():
 def test_every_recipe_loads():
     from koemo.config import recipe_names
 
-    assert {"emotiontts", "emotiontts-demo", "aihub", "manifest", "paper-grid"} <= set(recipe_names())
+    assert {"emotiontts", "emotiontts-demo", "emotiontts-paper", "aihub", "manifest", "paper-grid"} <= set(recipe_names())
     for name in recipe_names():
         assert load_config(Recipe, resolve_recipe(name)).name
 
 
 def test_a_recipe_states_only_what_it_changes_over_its_base(tmp_path):
-    paper = load_config(Recipe, resolve_recipe("emotiontts"))
+    paper = load_config(Recipe, resolve_recipe("emotiontts-paper"))
+    main = load_config(Recipe, resolve_recipe("emotiontts"))
     demo = load_config(Recipe, resolve_recipe("emotiontts-demo"))
     assert len(paper.eval.table3) == 8 and paper.eval.snr_values == [20.0, 10.0, 5.0, 0.0]  # from paper-grid
-    assert demo.name == "emotiontts" and demo.split.folds == 2 and paper.split.folds == 3
-    assert demo.eval.seeds == 2 and demo.eval.snr_values == [] and demo.eval.protocols == ["speaker"]
-    assert demo.train == paper.train and demo.model == paper.model  # the rest comes from the base
+    assert paper.name == "emotiontts-paper" and paper.split.folds == 3 and paper.split.valid == "holdout"
+    assert demo.name == "emotiontts" and demo.split.folds == 5 and demo.split.valid == "none"
+    assert demo.eval.seeds == 2 and demo.eval.snr_values == [] and demo.eval.protocols == []
+    assert demo.eval.text_neutral and demo.eval.table3 == ["text-only@embeddinggemma-300m", "linear", "shallow"]
+    assert demo.train == main.train and demo.model == main.model  # the rest comes from the base
     assert load_config(Recipe).eval.table3 == []  # no grid hides in Python defaults
     (tmp_path / "mine.yaml").write_text("base: emotiontts\nname: mine\nmodel:\n  options: {stats: meanstd}\n")
     mine = load_config(Recipe, tmp_path / "mine.yaml", ["model.options.extra=2"])
     assert mine.name == "mine" and mine.model.options == {"stats": "meanstd", "extra": 2}
-    assert mine.model.hidden == paper.model.hidden and mine.eval.table3 == paper.eval.table3
+    assert mine.model.hidden == main.model.hidden and mine.eval.table3 == main.eval.table3
     (tmp_path / "a.yaml").write_text("base: b\n")
     (tmp_path / "b.yaml").write_text("base: a\n")
     with pytest.raises(KoemoError, match="recipe bases form a loop"):

@@ -71,5 +71,5 @@ def test_a_fusion_with_its_own_option_is_one_class_and_its_registration(monkeypa
     a, t = torch.randn(1, 5, 3), torch.randn(1, 2, 4)
     m = torch.ones(1, 5, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)
     assert model(a, m[0], t, m[1]).shape == (1, 2)
-    with pytest.raises(KoemoError, match="model.options.scale: fusion model 'shallow' takes no options"):
-        build_fusion("shallow", 3, 4, 2, hidden=8, heads=2, options={"scale": 2.0})
+    with pytest.raises(KoemoError, match="model.options.scale: fusion model 'mult' takes no options"):
+        build_fusion("mult", 3, 4, 2, hidden=8, heads=2, options={"scale": 2.0})

@@ -12,7 +12,7 @@ from koemo.config import Recipe
 from koemo.data.labels import resolve_label_set
 from koemo.data.loaders import LOADERS
 from koemo.data.manifest import Utterance, read_manifest, write_manifest
-from koemo.data.splits import Fold, make_folds, save_folds, split_path
+from koemo.data.splits import Fold, folds_of, save_folds, split_path
 from koemo.errors import KoemoError, SkipLog
 from koemo.paths import cache_root, data_dir
 
@@ -106,8 +106,8 @@ def stats(utts: list[Utterance]) -> dict:
 
 def split(recipe: Recipe, utts: list[Utterance], manifest: Path, seed: int | None = None) -> tuple[Path, list[Fold]]:
     seed = recipe.split.seed if seed is None else seed
-    folds = make_folds(utts, recipe.split.protocol, recipe.split.folds, seed, recipe.split.ratios)
-    path = split_path(manifest, recipe.split.protocol, recipe.split.folds, seed)
+    folds = folds_of(recipe.split, utts, seed=seed)
+    path = split_path(manifest, recipe.split.protocol, recipe.split.folds, seed, recipe.split.valid)
     save_folds(path, folds, {"protocol": recipe.split.protocol, "folds_k": recipe.split.folds,
                              "seed": seed, "manifest": str(manifest)})
     return path, folds

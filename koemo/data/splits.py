@@ -9,8 +9,15 @@ Protocols:
 - ``speaker-sentence``: a k x k grid; the test cell is (speaker fold i) x (sentence fold j) and
   training uses only the other speakers *and* the other sentences, so neither the voice nor the
   sentence of a test clip was seen in training. Every utterance is tested exactly once per seed.
+- ``text-neutral``: one fold that tests the clips whose sentence is read in more than one emotion
+  (:func:`text_neutral_ids`: the words cannot give the label away) and trains on the clips of the
+  other speakers and sentences. On EmotionTTS: train on the ten emotional-script speakers
+  (nea..neo, 200 clips), test on the five plain-script speakers (ema..emh, 100 clips). Seeds
+  change only the initialisation (and the validation hold-out).
 
-Validation (for choosing the checkpoint) is carved from the training side the same way the test
+With ``valid="none"`` no validation set is held out: the whole training side trains and the
+trainer keeps the last of a fixed number of epochs (``split.valid``). Otherwise validation (for
+choosing the checkpoint) is carved from the training side the same way the test
 side is: whole speakers (about 15%) in the speaker protocol, whole sentence groups in the
 sentence protocol, and both in the speaker-sentence grid (validation = held-out speakers x
 held-out sentences; clips of a held-out speaker reading a kept sentence, or vice versa, are left
@@ -33,7 +40,8 @@ from koemo.data.manifest import Utterance
 from koemo.errors import KoemoError
 from koemo.paths import atomic_write_text
 
-PROTOCOLS = ("stratified", "speaker", "sentence", "speaker-sentence")
+PROTOCOLS = ("stratified", "speaker", "sentence", "speaker-sentence", "text-neutral")
+VALIDATION = ("holdout", "none")
 
 
 @dataclass
@@ -116,8 +124,34 @@ def make_folds(
     seed: int = 0,
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     valid_fraction: float = 0.15,
+    valid: str = "holdout",
 ) -> list[Fold]:
-    """The folds of ``protocol`` for ``seed``; ids are sorted, so the result never depends on order."""
+    """The folds of ``protocol`` for ``seed``; ids are sorted, so the result never depends on order.
+    ``valid="none"``: no validation set, every training-side clip trains."""
+    if valid not in VALIDATION:
+        raise KoemoError(f"split.valid={valid!r}: use one of {', '.join(VALIDATION)}")
+    folds_out = _make_folds(utts, protocol, folds, seed, ratios, valid_fraction, valid == "none")
+    if valid == "none":
+        return [Fold(f.name, sorted(f.train + f.valid), [], f.test) for f in folds_out]
+    return folds_out
+
+
+def folds_of(split, utts: Sequence[Utterance], *, seed: int | None = None, protocol: str | None = None) -> list[Fold]:
+    """The folds a recipe's ``split`` section describes (``seed``/``protocol`` override it)."""
+    return make_folds(utts, protocol or split.protocol, split.folds, split.seed if seed is None else seed,
+                      tuple(split.ratios), valid=split.valid)
+
+
+def text_neutral_ids(utts: Sequence[Utterance]) -> set[str]:
+    """Clips whose sentence group is read in more than one emotion: their words carry no label."""
+    labels: dict[str, set[str]] = defaultdict(set)
+    for u in utts:
+        if u.group:
+            labels[u.group].add(u.label)
+    return {u.id for u in utts if u.group and len(labels[u.group]) > 1}
+
+
+def _make_folds(utts, protocol, folds, seed, ratios, valid_fraction, no_valid: bool = False) -> list[Fold]:
     if protocol not in PROTOCOLS:
         raise KoemoError(f"unknown split protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
     if not utts:
@@ -151,9 +185,22 @@ def make_folds(
             held_set = set(held)
             test = [u.id for u in utts if getattr(u, attr) in held_set]
             rest = [u for u in utts if getattr(u, attr) not in held_set]
-            train, valid = _hold_out(rest, attr, valid_fraction, rng)
+            train, valid = ([u.id for u in rest], []) if no_valid else _hold_out(rest, attr, valid_fraction, rng)
             out.append(Fold(f"{protocol}{i}", train, valid, test))
         return out
+
+    if protocol == "text-neutral":
+        test_ids = text_neutral_ids(utts)
+        if not test_ids:
+            raise KoemoError("text-neutral protocol: no sentence is read in more than one emotion in this data")
+        test_speakers = {u.speaker for u in utts if u.id in test_ids}
+        test_groups = {u.group for u in utts if u.id in test_ids}
+        rest = [u for u in utts if u.speaker not in test_speakers and u.group not in test_groups]
+        if not rest:
+            raise KoemoError("text-neutral protocol: every speaker reads a text-neutral sentence, so no "
+                             "speaker is left to train on; use the speaker protocol")
+        train, valid_ids = ([u.id for u in rest], []) if no_valid else _hold_out_both(rest, valid_fraction, rng)
+        return [Fold("text-neutral", train, valid_ids, sorted(test_ids))]
 
     # speaker-sentence grid
     _check_groups(utts, "speaker", folds)
@@ -170,15 +217,16 @@ def make_folds(
             rest = [u for u in utts if u.speaker not in s_set and u.group not in g_set]
             if not test or not rest:
                 continue
-            train, valid = _hold_out_both(rest, valid_fraction, rng)
+            train, valid = ([u.id for u in rest], []) if no_valid else _hold_out_both(rest, valid_fraction, rng)
             out.append(Fold(f"spk{i}-sent{j}", train, valid, test))
     return out
 
 
-def split_path(manifest: str | Path, protocol: str, folds: int, seed: int) -> Path:
+def split_path(manifest: str | Path, protocol: str, folds: int, seed: int, valid: str = "holdout") -> Path:
     manifest = Path(manifest)
-    k = "" if protocol == "stratified" else f"-k{folds}"
-    return manifest.parent / "splits" / f"{manifest.stem}.{protocol}{k}.seed{seed}.json"
+    k = "" if protocol in ("stratified", "text-neutral") else f"-k{folds}"
+    v = "" if valid == "holdout" else f"-valid-{valid}"
+    return manifest.parent / "splits" / f"{manifest.stem}.{protocol}{k}{v}.seed{seed}.json"
 
 
 def save_folds(path: str | Path, fold_list: list[Fold], meta: dict) -> Path:

@@ -1,7 +1,8 @@
 """The two encoder interfaces, their registries, and the bad-input rules every encoder shares.
 
-Speech encoders map 16 kHz float32 audio to frames ``[T, dim]``; text encoders map a list of
-strings to one ``[T_i, dim]`` array each (``[1, dim]`` for sentence-vector encoders).
+Speech encoders map 16 kHz float32 audio to frames ``[T, dim]`` (``[T, L, dim]``, every layer
+stacked, for ``layer="all"`` where an encoder supports it); text encoders map a list of strings
+to one ``[T_i, dim]`` array each (``[1, dim]`` for sentence-vector encoders).
 
 Rules shared by all encoders (documented in docs/encoders.md):
 
@@ -32,13 +33,17 @@ from koemo.registry import Registry
 log = logging.getLogger("koemo")
 
 SAMPLE_RATE = 16_000
+#: ``layer="all"``: every hidden layer of one pass, stacked on a layer axis ``[T, L, dim]``
+ALL_LAYERS = "all"
 
 
 class SpeechEncoder:
-    """Audio (16 kHz mono float32) -> frames ``[T, dim]`` float32."""
+    """Audio (16 kHz mono float32) -> frames ``[T, dim]`` float32 (``[T, stacked, dim]`` when
+    ``stacked``: that many layers from one pass)."""
 
     name: ClassVar[str] = ""
     dim: int = 0
+    stacked: int = 0  # 0: one layer, [T, dim]; L > 0: L layers, [T, L, dim]
     frame_rate: float | None = None  # frames per second
     finetunable: bool = False
     #: the fewest samples that give one frame; shorter audio is zero-padded to this
@@ -58,10 +63,12 @@ class SpeechEncoder:
         if audio.size < self.min_samples:
             audio = np.pad(audio, (0, self.min_samples - audio.size))
         out = np.asarray(self._encode(audio), dtype=np.float32)
-        if out.ndim != 2 or out.shape[1] != self.dim:
-            raise BadInputError(where, f"{self.name} returned shape {out.shape}, expected [T, {self.dim}]")
+        frame = (self.stacked, self.dim) if self.stacked else (self.dim,)
+        if out.shape[1:] != frame:
+            want = f"[T, {self.stacked}, {self.dim}]" if self.stacked else f"[T, {self.dim}]"
+            raise BadInputError(where, f"{self.name} returned shape {out.shape}, expected {want}")
         if out.shape[0] == 0:
-            out = np.zeros((1, self.dim), dtype=np.float32)
+            out = np.zeros((1,) + frame, dtype=np.float32)
         if not np.all(np.isfinite(out)):
             raise BadInputError(where, f"{self.name} produced NaN or infinite values")
         return out

@@ -112,9 +112,13 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ speech
     def speech(self, encoder_name: str, utts: list[Utterance], extract_missing: bool = True, *,
-               layer: int | None = None, skips: SkipLog | None = None, progress: bool = True,
-               **options) -> dict[str, np.ndarray]:
+               layer: int | str | None = None, skips: SkipLog | None = None, progress: bool = True,
+               transform=None, **options) -> dict[str, np.ndarray]:
         """``{utt id: float16 [T, dim]}`` for the speech encoder ``encoder_name``.
+
+        ``transform``: an augmentation (``transform(utt, audio) -> audio`` with a ``key`` naming
+        it, :class:`koemo.training.augment.AudioTransform`) applied before encoding; its entries
+        are keyed by the transform too.
 
         Missing entries are extracted (unless ``extract_missing`` is False: then only cached
         ones are returned and a warning gives the count). A bad utterance raises a one-line
@@ -132,7 +136,10 @@ class FeatureStore:
             except OSError as e:
                 self._fail(BadInputError(f"{u.id} ({u.audio})", f"cannot read audio ({e.strerror or e})"), skips)
                 continue
-            path = self._entry(folder, self.speech_key(sha, u.start, u.end))
+            key = self.speech_key(sha, u.start, u.end)
+            if transform is not None:
+                key = hashlib.sha256(f"{key}|{transform.key}".encode()).hexdigest()
+            path = self._entry(folder, key)
             if path.is_file():
                 out[u.id] = self._read(path)
             else:
@@ -148,10 +155,13 @@ class FeatureStore:
 
             from koemo.data.audio import load_audio
 
-            for u, path in tqdm(todo, desc=f"features {encoder_name}", unit="utt", disable=not progress):
+            desc = f"features {encoder_name}" + (" (augmented)" if transform is not None else "")
+            for u, path in tqdm(todo, desc=desc, unit="utt", disable=not progress):
                 where = f"{u.id} ({u.audio})"
                 try:
                     audio = load_audio(u.audio, start=u.start, end=u.end, allow_silent=True, name=where)
+                    if transform is not None:
+                        audio = transform(u, audio)
                     self._write(path, enc.encode(audio, where=where), where)
                 except BadInputError as e:
                     self._fail(e, skips)

@@ -14,7 +14,9 @@ encoded window by window and the frames concatenated.
 
 Layers: ``layer=None`` (or the number of layers, 6 for base) is the encoder output after its final
 layer norm; ``layer=k`` (0..5) is the output of the first k transformer blocks (0 = the
-convolutional front end plus positions), before any final norm, as ``output_hidden_states`` gives.
+convolutional front end plus positions), before any final norm, as ``output_hidden_states`` gives;
+``layer="all"`` is every one of them from one pass, stacked ``[T, 7, 512]`` (front end, blocks
+1-5, final), for a downstream head that learns a weighted sum of layers (SUPERB style).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from koemo.encoders.base import SPEECH_ENCODERS, SpeechEncoder, installed_checksum, num_threads, short
+from koemo.encoders.base import ALL_LAYERS, SPEECH_ENCODERS, SpeechEncoder, installed_checksum, num_threads, short
 from koemo.errors import KoemoError
 
 WINDOW_SAMPLES = 30 * 16_000  # 30 s
@@ -187,13 +189,17 @@ class WhisperBaseEncoder(SpeechEncoder):
     finetunable = True
     min_samples = 1
 
-    def __init__(self, layer: int | None = None, backend: str | None = None,
+    def __init__(self, layer: int | str | None = None, backend: str | None = None,
                  model_dir: str | Path | None = None):
         self.model_dir = _model_dir(model_dir)
         self.n_layers = 6
-        if layer is not None and layer >= self.n_layers:
+        if layer == ALL_LAYERS:
+            self.stacked = self.n_layers + 1
+        elif layer is not None and not isinstance(layer, int):
+            raise KoemoError(f"{self.name}: layer must be 0..{self.n_layers}, '{ALL_LAYERS}' or none, got {layer!r}")
+        elif layer is not None and layer >= self.n_layers:
             layer = None
-        if layer is not None and layer < 0:
+        if isinstance(layer, int) and layer < 0:
             raise KoemoError(f"{self.name}: layer {layer} out of range 0..{self.n_layers}")
         self.layer = layer
         self.backend = backend or ("ct2" if layer is None else "torch")
@@ -223,7 +229,7 @@ class WhisperBaseEncoder(SpeechEncoder):
 
     def _torch_encoder(self):
         if self._torch is None:
-            self._torch = load_torch_whisper_encoder(self.model_dir, layers=self.layer)
+            self._torch = load_torch_whisper_encoder(self.model_dir, layers=None if self.stacked else self.layer)
         return self._torch
 
     def _encode(self, audio: np.ndarray) -> np.ndarray:
@@ -236,11 +242,17 @@ class WhisperBaseEncoder(SpeechEncoder):
             import torch
 
             with torch.inference_mode():
-                out = self._torch_encoder()(torch.from_numpy(mels)).last_hidden_state.numpy()
+                res = self._torch_encoder()(torch.from_numpy(mels), output_hidden_states=bool(self.stacked))
+            if self.stacked:  # [windows, 1500, 7, dim]: the front end, blocks 1-5 and the final (normed) output
+                out = torch.stack(res.hidden_states, dim=2).numpy()
+            else:
+                out = res.last_hidden_state.numpy()
         return np.concatenate([out[w, :k] for w, k in enumerate(keep)])
 
     def torch_module(self):
         """A fresh fine-tunable module (its own copy of the weights)."""
+        if self.stacked:
+            raise KoemoError(f"{self.name}: fine-tuning takes one layer, not layer={ALL_LAYERS}")
         enc = load_torch_whisper_encoder(self.model_dir, layers=self.layer)
         enc.train()
         return _torch_module_class()(enc, enc.config.num_mel_bins)

@@ -54,7 +54,7 @@ def predict_bundle(bundle: Path, source: str, data_dir: str | None = None, progr
     _, utts = load_or_prepare(cfg, data_dir)
     split = b.meta.get("split") or {}
     folds = make_folds(utts, split.get("protocol", cfg.split.protocol), split.get("folds", cfg.split.folds),
-                       split.get("seed", cfg.split.seed), tuple(cfg.split.ratios))
+                       split.get("seed", cfg.split.seed), tuple(cfg.split.ratios), valid=cfg.split.valid)
     fold = next((f for f in folds if f.name == split.get("fold")), None)
     if fold is None:
         raise KoemoError(f"{bundle}: its fold {split.get('fold')!r} is not in the split of the current data")

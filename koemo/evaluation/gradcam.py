@@ -78,8 +78,9 @@ def modality_scores(
 
     Returns ``(audio_score [B], text_score [B], target_index [B], logits [B, C])``.
     """
-    if audio.dim() != 3 or text.dim() != 3:
-        raise KoemoError(f"audio and text must be [B, T, D]; got {tuple(audio.shape)} and {tuple(text.shape)}")
+    if audio.dim() not in (3, 4) or text.dim() != 3:
+        raise KoemoError(f"audio must be [B, T, (L,) D] and text [B, T, D]; got {tuple(audio.shape)} and "
+                         f"{tuple(text.shape)}")
     if audio.shape[0] != text.shape[0]:
         raise KoemoError(f"audio batch {audio.shape[0]} != text batch {text.shape[0]}")
     was_training = getattr(model, "training", None)
@@ -109,7 +110,7 @@ def modality_scores(
                 if not (hasattr(model, "embed") and hasattr(model, "head")):
                     raise KoemoError("at='embed' needs a model with embed() and head() methods")
                 if hasattr(model, "prepare"):  # a FusionModel: its own empty-row rule and frame pooling
-                    a, audio_mask, text_mask = model.prepare(a, audio_mask, text_mask)
+                    a, audio_mask, t, text_mask = model.prepare(a, audio_mask, t, text_mask)
                 else:
                     from koemo.fusion.base import fix_empty
 

@@ -150,3 +150,31 @@ def plot_snr_curve(
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_reliability(rel: dict, path: str | Path) -> Path:
+    """Accuracy against confidence per bin for the ``raw`` and ``temperature-scaled`` curves of
+    ``rel`` (:func:`koemo.experiments.results.reliability_of`), the diagonal, and the share of
+    predictions per bin underneath."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for name, style in (("raw", "o-"), ("temperature-scaled", "s-")):
+        curve = rel.get(name)
+        if not curve:
+            continue
+        count = np.asarray(curve["count"])
+        used = count > 0
+        ax.plot(np.asarray(curve["confidence"])[used], np.asarray(curve["accuracy"])[used], style,
+                label=f"{name} (ECE {curve['ece']:.3f})")
+        hist.bar(np.linspace(0, 1, len(count) + 1)[:-1] + 0.5 / len(count), count / max(count.sum(), 1),
+                 width=1 / len(count), alpha=0.4, label=name)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(rel.get("title", "reliability")[:80], fontsize=9)
+    hist.set_xlabel("confidence (top probability)")
+    hist.set_ylabel("share")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -12,7 +12,7 @@ from koemo.experiments.results import modality_shares
 
 
 def make_figures(plan: Plan, inputs: Inputs, res: dict, out_dir: Path, gradcam: bool = True) -> list[dict]:
-    from koemo.evaluation.plots import plot_confusions, plot_modality, plot_snr_curve
+    from koemo.evaluation.plots import plot_confusions, plot_modality, plot_reliability, plot_snr_curve
 
     figs = []
     labels = inputs.labels
@@ -55,4 +55,11 @@ def make_figures(plan: Plan, inputs: Inputs, res: dict, out_dir: Path, gradcam: 
                        title=f"{plan.snr_model.fusion}: weighted F1 vs. SNR ({plan.recipe.eval.snr_noise} noise, "
                              f"{plan.recipe.eval.snr_backend})")
         figs.append({"path": "figures/snr.png", "caption": "Weighted F1 against SNR, with the ASR CER (right axis)"})
+    if res.get("reliability"):
+        rel = res["reliability"]
+        plot_reliability(rel, fig_dir / "reliability.png")
+        figs.append({"path": "figures/reliability.png",
+                     "caption": f"Reliability diagram, {rel['title']}: accuracy per confidence bin, raw "
+                                f"(ECE {rel['raw']['ece']:.3f}) and temperature-scaled "
+                                f"(ECE {rel['temperature-scaled']['ece']:.3f}); bars: share of predictions"})
     return figs

@@ -16,6 +16,10 @@ The grid (``eval`` section of a recipe, :class:`koemo.config.EvalConfig`; the pa
   ``eval.snr_fusion`` trained on that ASR text vs. with CR, with the CER on a second axis. Noise is
   added to the recogniser's input only; the emotion model's audio branch hears the clean clip, so
   the curve isolates the effect of ASR errors, as the paper does.
+- **Text-neutral** (``eval.text_neutral``): every Table 3 and Table 4 job once more under the
+  ``text-neutral`` protocol (train on other speakers and sentences, test on the clips whose
+  sentence is read in several emotions), and the main protocol's predictions of those clips
+  scored apart: what a model does when the words carry no emotion.
 - **Protocols** (``eval.protocols`` x ``eval.protocol_models``): the same models under other
   split protocols (``speaker``: sentences shared with training; ``stratified``: the paper's 8:1:1,
   speakers and sentences shared) against the main protocol (``split.protocol``), to measure how
@@ -35,6 +39,8 @@ from typing import Sequence
 from koemo.config import Recipe
 from koemo.errors import KoemoError
 from koemo.sources import GRAMMAR, TextSource, TrainingText
+
+TEXT_NEUTRAL = "text-neutral"
 
 # ---------------------------------------------------------------------------------------------
 # names
@@ -183,6 +189,14 @@ def make_plan(recipe: Recipe) -> Plan:
             add(Job(m, "gold", p), ["gold"])
     for m in protocol_models:
         add(Job(m, "gold", main), ["gold"])
+    if ev.text_neutral and main != TEXT_NEUTRAL:
+        # the same rows on speakers whose sentences are read in every emotion (words carry no label)
+        for m in table3:
+            add(Job(m, "gold", TEXT_NEUTRAL), ["gold"] + (all_asr if m.text else []))
+        for m in table4:
+            for s in plan.asr_sources:
+                add(Job(m, s, TEXT_NEUTRAL), [s])
+                add(Job(m, f"cr:{s}", TEXT_NEUTRAL), [s])
     return plan
 
 

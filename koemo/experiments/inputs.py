@@ -31,24 +31,50 @@ class Inputs:
     asr_rows: list[dict] = field(default_factory=list)
     #: "speech"/"text" -> encoder name -> what a bundle records (id with version and checksum, dim)
     encoder_meta: dict[str, dict[str, dict]] = field(default_factory=lambda: {"speech": {}, "text": {}})
+    #: speech encoder -> augmented copies of its features (recipe section augment; not packed)
+    speech_copies: dict[str, list] = field(default_factory=dict)
+    #: (speech encoder, view, normalisation, min clips) -> (the heads' speech input, its copies, its description)
+    views: dict[tuple, tuple] = field(default_factory=dict)
 
 
-def feature_data(job: Job, tests: set[str], inputs: Inputs):
+def feature_data(job: Job, tests: set[str], inputs: Inputs, recipe=None):
     """The trainer's input for ``job``: its encoders' tables for every source it reads (an
-    :class:`~koemo.training.data.AbsentModality` for a modality its model ignores)."""
+    :class:`~koemo.training.data.AbsentModality` for a modality its model ignores), the speech
+    frames as the job's fusion reads them (``recipe``: the job's; views are shared between jobs
+    that read the same). Returns the data and the speech input's description and arrays."""
     from koemo.training.data import AbsentModality, FeatureData
 
-    audio = inputs.speech[job.model.speech] if job.model.speech else AbsentModality()
+    audio, copies, spec = AbsentModality(), (), None
+    if job.model.speech:
+        audio = inputs.speech[job.model.speech]
+        if recipe is not None:
+            from koemo.fusion.registry import speech_view
+            from koemo.training.features import speech_input
+
+            key = (job.model.speech, speech_view(recipe.model), recipe.encoders.normalise,
+                   recipe.encoders.normalise_min_clips)
+            if key not in inputs.views:
+                inputs.views[key] = speech_input(recipe, audio, inputs.utts, inputs.speech_copies.get(job.model.speech, ()))
+            audio, copies, spec = inputs.views[key]
     text = {s: (inputs.text[(job.model.text, s)] if job.model.text else AbsentModality())
             for s in sorted(sources_of(job, tests))}
-    return FeatureData(audio, text, {u.id: u.label for u in inputs.utts}, inputs.labels)
+    return FeatureData(audio, text, {u.id: u.label for u in inputs.utts}, inputs.labels,
+                       copies if spec is not None else ()), spec
 
 
-def encoder_meta(model: ModelSpec, inputs: Inputs) -> dict:
-    """Encoder names, ids (version and weights checksum) and dims, for the bundles."""
+def speech_layer(recipe, name: str):
+    """``encoders.speech_layer`` applies to the recipe's speech encoder; others give their last layer."""
+    return recipe.encoders.speech_layer if name == recipe.encoders.speech else None
+
+
+def encoder_meta(model: ModelSpec, inputs: Inputs, spec=None) -> dict:
+    """Encoder names, ids (version and weights checksum) and dims, for the bundles; ``spec`` the
+    speech input's description (:class:`koemo.training.features.SpeechInput`)."""
     meta: dict[str, Any] = {}
     if model.speech:
-        meta["speech"] = inputs.encoder_meta["speech"][model.speech]
+        meta["speech"] = dict(inputs.encoder_meta["speech"][model.speech])
+        if spec is not None:
+            meta["speech"]["input"] = spec.meta()
     if model.text:
         meta["text"] = inputs.encoder_meta["text"][model.text]
     return meta
@@ -91,8 +117,14 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
 
     store = store_for(recipe)
     for name in plan.speech_encoders():
-        inputs.speech[name] = _complete(store.speech(name, utts, progress=progress), utts, f"speech features {name}")
-        inputs.encoder_meta["speech"][name] = describe("speech", name)
+        layer = speech_layer(recipe, name)
+        inputs.speech[name] = _complete(store.speech(name, utts, layer=layer, progress=progress), utts,
+                                        f"speech features {name}")
+        inputs.encoder_meta["speech"][name] = {**describe("speech", name, layer), "layer": layer}
+        if recipe.augment.copies and name == recipe.encoders.speech:
+            from koemo.training.augment import audio_copies
+
+            inputs.speech_copies[name] = audio_copies(recipe.augment, store, name, utts, layer, progress=progress)
     for name, sources in sorted(plan.text_needs().items()):
         for s in sorted(sources):
             inputs.text[(name, s)] = _complete(store.text(name, utts, s, progress=progress), utts,

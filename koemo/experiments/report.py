@@ -90,21 +90,39 @@ def _score(row: Mapping, key: str = "weighted_f1") -> tuple[float | None, float 
     return mean, std
 
 
+def _f1_cell(cell: Mapping | None) -> str:
+    return fmt_ms(cell.get("mean"), cell.get("std")) if cell else "–"
+
+
 def table3(rows: Sequence[Mapping]) -> str:
-    headers = ["model", "speech", "text", *METRIC_NAMES.values(), "paper F1"]
+    """The metrics on human text, calibration (raw ECE and NLL; ECE after a cross-fitted
+    temperature) and, where the grid ran them, the text-neutral scores."""
+    extra = any(r.get("text_neutral") or r.get("text_neutral_subset") for r in rows)
+    headers = ["model", "speech", "text", *METRIC_NAMES.values(), "ECE", "NLL", "ECE (T)"]
+    if extra:
+        headers += ["text-neutral F1", "text-neutral clips of the main protocol"]
+    headers.append("paper F1")
     out = []
     for r in rows:
-        out.append([r.get("model", ""), r.get("speech") or "–", r.get("text") or "–",
-                    *(fmt_ms(*_score(r, k)) for k in METRIC_NAMES),
-                    fmt(r.get("paper"))])
+        cal = r.get("calibrated") or {}
+        row = [r.get("model", ""), r.get("speech") or "–", r.get("text") or "–",
+               *(fmt_ms(*_score(r, k)) for k in METRIC_NAMES), fmt(_score(r, "ece")[0], 3),
+               fmt(_score(r, "nll")[0], 3), fmt(cal.get("ece"), 3)]
+        if extra:
+            row += [_f1_cell(r.get("text_neutral")), _f1_cell(r.get("text_neutral_subset"))]
+        out.append(row + [fmt(r.get("paper"))])
     return markdown_table(headers, out, "lll" + "r" * (len(headers) - 3))
 
 
 def table4(rows: Sequence[Mapping]) -> str:
     """Change = F1 on ASR text minus F1 of the same fusion trained and tested on human text
     (Table 3); recovered = CR minus ASR-trained."""
+    extra = any(r.get("cr_text_neutral") for r in rows)
     headers = ["ASR", "model", "human text (Table 3)", "trained on ASR text (change)",
-               "with CR (change)", "recovered (pt)", "paper: ASR / CR"]
+               "with CR (change)", "recovered (pt)", "share of the drop recovered", "CR: ECE / ECE (T)"]
+    if extra:
+        headers += ["text-neutral: ASR-trained / CR"]
+    headers.append("paper: ASR / CR")
     out = []
     for r in rows:
         gold = (r.get("gold") or {}).get("mean")
@@ -120,9 +138,15 @@ def table4(rows: Sequence[Mapping]) -> str:
         recovered = fmt_pt(cr_m - asr_m) if cr_m is not None and asr_m is not None else "–"
         paper = r.get("paper") or {}
         paper_text = (f"{fmt(paper.get('asr_trained'))} / {fmt(paper.get('cr'))}" if paper else "–")
-        out.append([r.get("asr", ""), r.get("model", ""), fmt_ms(gold, (r.get("gold") or {}).get("std")),
-                    with_change(asr, asr_m), with_change(cr, cr_m), recovered, paper_text])
-    return markdown_table(headers, out, "ll" + "r" * 5)
+        share = r.get("recovered_share")
+        cal = (r.get("cr_calibrated") or {}).get("ece")
+        row = [r.get("asr", ""), r.get("model", ""), fmt_ms(gold, (r.get("gold") or {}).get("std")),
+               with_change(asr, asr_m), with_change(cr, cr_m), recovered,
+               "–" if share is None else f"{100 * share:.0f}%", f"{fmt(r.get('cr_ece'), 3)} / {fmt(cal, 3)}"]
+        if extra:
+            row.append(f"{_f1_cell(r.get('asr_text_neutral'))} / {_f1_cell(r.get('cr_text_neutral'))}")
+        out.append(row + [paper_text])
+    return markdown_table(headers, out, "ll" + "r" * (len(headers) - 2))
 
 
 def asr_table(rows: Sequence[Mapping]) -> str:
@@ -192,7 +216,12 @@ def render_markdown(results: Mapping) -> str:
     if results.get("table3"):
         parts += ["## Table 3: trained and tested on human transcripts", "",
                   "Mean ± standard deviation over seeds (each seed: all folds' predictions pooled). "
-                  "Weighted accuracy equals plain accuracy by definition (see `koemo/metrics.py`).",
+                  "Weighted accuracy equals plain accuracy by definition (see `koemo/metrics.py`). "
+                  "ECE: expected calibration error (15 bins) of the raw probabilities; ECE (T): after "
+                  "temperature scaling, each fold scaled by the temperature fitted on the seed's other folds "
+                  "(`koemo/calibration.py`). Text-neutral columns (where run): the text-neutral protocol, and "
+                  "the main protocol's predictions of the clips whose sentence is read in several emotions, "
+                  "both on the service (ASR) text for models that read text.",
                   "", table3(results["table3"]), ""]
     if results.get("table4"):
         parts += ["## Table 4: ASR transcripts at test time", "",

@@ -50,10 +50,9 @@ def fold_dir(recipe: Recipe, job: Job, seed: int, fold: str) -> Path:
 
 
 def folds_for(plan: Plan, utts, protocol: str, seed: int):
-    from koemo.data.splits import make_folds
+    from koemo.data.splits import folds_of
 
-    s = plan.recipe.split
-    return make_folds(utts, protocol, s.folds, seed, tuple(s.ratios))
+    return folds_of(plan.recipe.split, utts, seed=seed, protocol=protocol)
 
 
 def all_folds(plan: Plan, inputs: Inputs) -> dict[tuple[str, int], list]:
@@ -108,12 +107,12 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
     bar = tqdm(total=total, desc="reproduce" if shard is None else f"shard {shard[0]}/{shard[1]}",
                unit="fold", disable=not progress)
     t0, trained = time.time(), 0
-    data_job, data = None, None  # one job's tables at a time (units come sorted by job)
+    data_job, data, spec = None, None, None  # one job's tables at a time (units come sorted by job)
     try:
         for job, tests, seed in units:
-            if job != data_job:
-                data_job, data = job, feature_data(job, tests, inputs)
             recipe = job_recipe(plan, job, seed)
+            if job != data_job:
+                data_job, (data, spec) = job, feature_data(job, tests, inputs, recipe)
 
             def done(outcome, job=job, tests=tests, seed=seed) -> None:
                 nonlocal trained
@@ -128,7 +127,8 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
             bar.set_postfix_str(f"{job.slug} seed{seed}"[-60:])
             run_folds(recipe, folds_cache[(job.protocol, seed)], data,
                       out_for=lambda fold, job=job, seed=seed: fold_dir(plan.recipe, job, seed, fold.name),
-                      encoders=encoder_meta(job.model, inputs), progress=False, load_reused=False, on_fold=done)
+                      encoders=encoder_meta(job.model, inputs, spec), progress=False, load_reused=False,
+                      on_fold=done, input_arrays=spec.arrays() if spec else None)
     finally:
         bar.close()
     log.info("%d folds (%d trained, the rest read from finished bundles) in %.0f s", total, trained,

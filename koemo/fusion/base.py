@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from koemo.errors import KoemoError
+
 
 def fix_empty(mask: torch.Tensor) -> torch.Tensor:
     """A row with no valid position gets its first position marked valid (a zero vector there).
@@ -107,19 +109,89 @@ class SelfAttentionStack(nn.Module):
         return x
 
 
+class LayerMix(nn.Module):
+    """A learned softmax-weighted sum over the layer axis of ``[B, T, L, D]`` speech inputs
+    (SUPERB's weighted sum of hidden states), uniform at initialisation."""
+
+    def __init__(self, layers: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("btld,l->btd", x, torch.softmax(self.weights, dim=0).to(x.dtype))
+
+
+class LayerConcat(nn.Module):
+    """``[B, T, L, D]`` -> ``[B, T, L * D]``: every layer side by side."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(*x.shape[:2], -1)
+
+
+LAYER_MIXES = ("weighted", "concat")
+
+
 class FusionModel(nn.Module):
-    """Base class: ``forward = head(*embed(...))``; see the module docstring."""
+    """Base class: ``forward = head(*embed(...))``; see the module docstring.
+
+    ``audio_layers`` > 1: the speech input has a layer axis ``[B, T, L, D]`` that a
+    :class:`LayerMix` sums first. ``standardise``: the inputs are standardised per feature with
+    statistics of the training data (:meth:`fit_standardiser`, kept as buffers, so a bundle
+    carries them).
+    """
 
     #: which modalities the model reads ("audio", "text")
     modalities: tuple[str, ...] = ("audio", "text")
     #: speech frames averaged per step before the model sees them (``model.audio_pool``)
     audio_pool: int = 1
+    #: what the head reads of the speech frames (:mod:`koemo.fusion.inputs`): frames or stats
+    speech_view: str = "frames"
+    #: a pooled head: ``model.pooling: stats`` makes it read clip statistics
+    pooled: bool = False
 
     def __init__(self, audio_dim: int, text_dim: int, n_labels: int, hidden: int = 768,
                  heads: int = 8, layers: int = 1, dropout: float = 0.1):
         super().__init__()
         self.audio_dim, self.text_dim, self.n_labels = audio_dim, text_dim, n_labels
         self.hidden, self.heads, self.layers, self.dropout_p = hidden, heads, layers, dropout
+        self.audio_layers = 1
+        self.input_audio_dim = audio_dim
+        self.layer_mix: nn.Module | None = None
+        self.layer_mix_kind = "weighted"
+        self.standardised = False
+
+    def configure_inputs(self, audio_layers: int = 1, standardise: bool = False, layer_mix: str = "weighted",
+                         input_dim: int | None = None) -> None:
+        """Set up the input stage: the layers' combination (``weighted``: a learned weighted sum;
+        ``concat``: side by side, ``audio_dim`` = layers x ``input_dim``) and the standardisation
+        buffers (identity until fitted). ``input_dim``: one layer's size (default ``audio_dim``)."""
+        if layer_mix not in LAYER_MIXES:
+            raise KoemoError(f"model.layer_mix={layer_mix!r}: use one of {', '.join(LAYER_MIXES)}")
+        self.input_audio_dim = int(input_dim or self.audio_dim)
+        self.audio_layers = int(audio_layers)
+        self.layer_mix_kind = layer_mix
+        self.layer_mix = None
+        if audio_layers > 1:
+            self.layer_mix = LayerMix(audio_layers) if layer_mix == "weighted" else LayerConcat()
+        self.standardised = bool(standardise)
+        if standardise:
+            a_shape = (audio_layers, self.input_audio_dim) if audio_layers > 1 else (self.input_audio_dim,)
+            self.register_buffer("audio_mean", torch.zeros(a_shape))
+            self.register_buffer("audio_sd", torch.ones(a_shape))
+            self.register_buffer("text_mean", torch.zeros(self.text_dim))
+            self.register_buffer("text_sd", torch.ones(self.text_dim))
+
+    @torch.no_grad()
+    def fit_standardiser(self, audio: list, text: list) -> None:
+        """Per-feature mean and sd over every valid position of the training inputs (arrays
+        ``[T, (L,) D]`` and ``[T, D]``)."""
+        if not self.standardised:
+            return
+        for name, arrays in (("audio", audio), ("text", text)):
+            x = torch.cat([torch.as_tensor(a, dtype=torch.float32).reshape(-1, *getattr(self, f"{name}_mean").shape)
+                           for a in arrays])
+            getattr(self, f"{name}_mean").copy_(x.mean(0))
+            getattr(self, f"{name}_sd").copy_(x.std(0, unbiased=False).clamp_min(1e-4))
 
     def embed(self, audio, audio_mask, text, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -127,14 +199,20 @@ class FusionModel(nn.Module):
     def head(self, a, audio_mask, t, text_mask) -> torch.Tensor:
         raise NotImplementedError
 
-    def prepare(self, audio, audio_mask, text_mask):
-        """What every entry point does before ``embed``: empty rows fixed, speech frames pooled."""
+    def prepare(self, audio, audio_mask, text, text_mask):
+        """What every entry point does before ``embed``: inputs standardised, layers mixed, empty
+        rows fixed, speech frames pooled. Returns (audio, audio_mask, text, text_mask)."""
+        if self.standardised:
+            audio = (audio - self.audio_mean) / self.audio_sd
+            text = (text - self.text_mean) / self.text_sd
+        if self.layer_mix is not None:
+            audio = self.layer_mix(audio)
         audio, audio_mask = pool_frames(audio, fix_empty(audio_mask), self.audio_pool)
-        return audio, audio_mask, fix_empty(text_mask)
+        return audio, audio_mask, text, fix_empty(text_mask)
 
     def forward(self, audio: torch.Tensor, audio_mask: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor) -> torch.Tensor:
-        audio, audio_mask, text_mask = self.prepare(audio, audio_mask, text_mask)
+        audio, audio_mask, text, text_mask = self.prepare(audio, audio_mask, text, text_mask)
         a, t = self.embed(audio, audio_mask, text, text_mask)
         return self.head(a, audio_mask, t, text_mask)
 
@@ -148,7 +226,7 @@ def grad_x_activation(model: FusionModel, audio, audio_mask, text, text_mask,
     model does not read). ``target`` defaults to the predicted class. Shares per modality are
     e.g. ``relu(scores) / relu(scores).sum(1, keepdim=True)``.
     """
-    audio, audio_mask, text_mask = model.prepare(audio, audio_mask, text_mask)
+    audio, audio_mask, text, text_mask = model.prepare(audio, audio_mask, text, text_mask)
     with torch.enable_grad():
         a, t = model.embed(audio, audio_mask, text, text_mask)
         a = a.detach().requires_grad_(True)

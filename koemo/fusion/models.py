@@ -10,6 +10,8 @@
                        learned modality embedding, concatenate along time, one self-attention
                        layer over both, masked mean-pool each modality's positions,
                        concatenate, classify
+``linear``             the linear probe: one linear layer on the pooled speech statistics and
+                       the mean text vector (logistic regression; the baseline row)
 ``mult``               Tsai et al. 2019 (one layer): kernel-3 conv to ``hidden``; audio queries
                        text and text queries audio (cross-modal attention + feed-forward,
                        residual, layer norm), masked mean-pool each, concatenate, classify
@@ -68,6 +70,12 @@ class TextOnly(_SingleModal):
 
 @FUSIONS.register("shallow")
 class ShallowFusion(FusionModel):
+    """``model.pooling``: ``mean`` (the paper's: masked mean of the frames) or ``stats``
+    (statistics pooling: the clip's mean and standard deviation, computed once per clip by
+    :mod:`koemo.fusion.inputs`, so ``audio_dim`` is twice the encoder's)."""
+
+    pooled = True
+
     def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
         super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)
         self.classifier = nn.Sequential(
@@ -84,6 +92,25 @@ class ShallowFusion(FusionModel):
     def head(self, a, audio_mask, t, text_mask):
         pooled = torch.cat([masked_mean(a, audio_mask), masked_mean(t, text_mask)], dim=1)
         return self.classifier(pooled)
+
+
+@FUSIONS.register("linear")
+class LinearProbe(FusionModel):
+    """The baseline everyone can check: one linear layer (multinomial logistic regression, with
+    the trainer's weight decay as its L2 penalty) on the pooled speech statistics and the mean
+    text vector, the same features the pooled heads read."""
+
+    speech_view = "stats"
+
+    def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
+        super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)
+        self.classifier = nn.Linear(audio_dim + text_dim, n_labels)
+
+    def embed(self, audio, audio_mask, text, text_mask):
+        return audio, text
+
+    def head(self, a, audio_mask, t, text_mask):
+        return self.classifier(torch.cat([masked_mean(a, audio_mask), masked_mean(t, text_mask)], dim=1))
 
 
 @FUSIONS.register("fusion-transformer")

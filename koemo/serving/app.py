@@ -13,7 +13,7 @@ import binascii
 import logging
 import time
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import anyio
 from fastapi import FastAPI, Request
@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from koemo.errors import BadInputError, KoemoError
 from koemo.serving.limits import Limits, RejectedAudio, decode_audio
 from koemo.serving.predictor import Predictor
+from koemo.serving.sessions import SESSION_ID, Sessions
 
 log = logging.getLogger("koemo.serving")
 
@@ -178,11 +179,14 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
     # JSON inflates the audio by 4/3 (base64); multipart adds headers. Both stay bounded.
     body_limit = limits.max_upload_bytes * 4 // 3 + 64 * 1024
 
-    def run_job(data: bytes, name: str) -> dict[str, Any]:
+    sessions = Sessions()
+
+    def run_job(data: bytes, name: str, session_id: str | None, normalise: str | None) -> dict[str, Any]:
         t0 = time.perf_counter()
         audio = decode_audio(data, name, limits)
         decode_s = time.perf_counter() - t0
-        result = predictor.predict(audio, name=name)
+        session = sessions.get(session_id) if session_id else None
+        result = predictor.predict(audio, name=name, session=session, normalise=normalise)
         result["timings"]["decode"] = round(decode_s, 4)
         result["timings"]["total"] = round(result["timings"]["total"] + decode_s, 4)
         return {"file": name, **result}
@@ -194,14 +198,20 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         description=(
             "Send the audio as multipart form field `file`, as JSON `{\"audio_base64\": ...}`, or as the "
             f"raw request body. Limits: {limits.max_upload_mb:g} MB, {limits.max_duration_s:g} s; "
-            f"recordings over {limits.segment_over_s:g} s are cut into utterances."
+            f"recordings over {limits.segment_over_s:g} s are cut into utterances. Query `session=ID`: "
+            "recordings of one speaker or call share an id, and each is normalised by the voice "
+            "statistics of the session so far (`normalise=speaker`, the default with a session); "
+            "`normalise=file` uses the recording's own utterances, `none` the training corpus's."
         ),
         openapi_extra={"requestBody": _PREDICT_BODY},
         responses={code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()},
     )
-    async def predict(request: Request):
+    async def predict(request: Request, session: Optional[str] = None,
+                      normalise: Optional[Literal["speaker", "file", "none"]] = None):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
+            if session is not None and not SESSION_ID.fullmatch(session):
+                raise RejectedAudio("session", "a session id is 1-64 letters, digits or ._:-", 422)
             if not (
                 ctype in ("multipart/form-data", "application/json", "application/octet-stream")
                 or ctype.startswith(("audio/", "video/"))
@@ -234,7 +244,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
                     waiting = False
                     state["busy"] += 1
                     try:
-                        result = await anyio.to_thread.run_sync(run_job, data, name)
+                        result = await anyio.to_thread.run_sync(run_job, data, name, session, normalise)
                     finally:
                         state["busy"] -= 1
             finally:

@@ -31,6 +31,10 @@ def predict(
     asr: Optional[str] = ASROpt,
     json_: bool = typer.Option(False, "--json", help="Print one JSON object per file (JSON lines)."),
     segment_over: float = typer.Option(15.0, "--segment-over", help="Cut recordings longer than this (s) into utterances by voice activity."),
+    normalise: str = typer.Option("speaker", "--normalise", help="For a model trained with speaker normalisation: "
+                                  "speaker = the files of this call are one speaker/session (their voice statistics "
+                                  "normalise each one); file = each recording by its own utterances; none = the "
+                                  "training corpus's statistics. Too few clips fall back to the corpus."),
 ) -> None:
     """Transcribe each file, recognise its emotion and print the distribution and the top label."""
     from koemo.data.audio import load_audio
@@ -46,10 +50,25 @@ def predict(
         if not found:
             raise KoemoError(f"{target}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) found")
         files.extend(found)
+    from koemo.serving.sessions import NORMALISE_MODES, Session
+
+    if normalise not in NORMALISE_MODES:
+        raise KoemoError(f"--normalise {normalise!r}: use one of {', '.join(NORMALISE_MODES)}")
     predictor = load_predictor(
         model, asr=asr, limits=Limits(max_duration_s=0, segment_over_s=segment_over)
     )
     skips = SkipLog("files")
+    total = len(files)
+    session = None
+    if normalise == "speaker" and predictor.speech_stage.normaliser is not None:
+        # first pass: every file's voice statistics, so each file is normalised by all of them
+        session = Session()
+        for path in list(files):
+            try:
+                predictor.observe(load_audio(path), session, name=str(path))
+            except BadInputError as e:
+                skips.skip(e)
+                files.remove(path)
     table = None
     if not json_:
         from rich.table import Table
@@ -65,7 +84,8 @@ def predict(
         try:
             if path.suffix.lower() == ".wav" and path.is_file():
                 check_wav_complete(path.read_bytes(), str(path))
-            result = predictor.predict(load_audio(path), name=str(path))
+            result = predictor.predict(load_audio(path), name=str(path), session=session, normalise=normalise,
+                                       update_session=False)
         except BadInputError as e:
             skips.skip(e)
             continue
@@ -94,7 +114,7 @@ def predict(
 
         Console().print(table)
     if len(skips):
-        typer.echo(skips.summary(len(files) - len(skips)), err=True)
+        typer.echo(skips.summary(total - len(skips)), err=True)
         raise typer.Exit(1)
 
 

@@ -16,20 +16,21 @@ import numpy as np
 from koemo.errors import KoemoError
 from koemo.paths import cache_root
 from koemo.serving.limits import Limits
-from koemo.serving.predictor import Predictor
+from koemo.serving.predictor import Predictor, SpeechStage
 from koemo.sources import TextSource
 from koemo.training import bundle as bundles
 
 log = logging.getLogger("koemo")
 
 
-def fusion_classifier(model, contribution: bool = True):
+def fusion_classifier(model, contribution: bool = True, temperature: float = 1.0):
     """``(frames [T, Da], tokens [T, Dt]) -> (probabilities, {"audio", "text"} shares)`` for a
     :class:`koemo.fusion.FusionModel`.
 
     The shares are gradient x activation at the fusion input (the paper's Grad-CAM modality
     contribution, :func:`koemo.evaluation.gradcam.modality_scores` with ``at="embed"``), computed in
-    the same forward pass that gives the logits.
+    the same forward pass that gives the logits. ``temperature``: the bundle's calibration
+    (:mod:`koemo.calibration`), dividing the logits.
     """
     import torch
 
@@ -50,7 +51,7 @@ def fusion_classifier(model, contribution: bool = True):
             with torch.inference_mode():
                 logits = model(a, a_mask, t, t_mask)
             contrib = None
-        probs = torch.softmax(logits.double(), dim=-1)[0].numpy()
+        probs = torch.softmax(logits.double() / temperature, dim=-1)[0].numpy()
         return probs, contrib
 
     return classify
@@ -66,6 +67,8 @@ def predictor_from_parts(
     info: dict[str, Any] | None = None,
     limits: Limits | None = None,
     contribution: bool = True,
+    speech_stage: SpeechStage | None = None,
+    temperature: float = 1.0,
 ) -> Predictor:
     """A predictor from loaded parts: ``asr.transcribe``, ``speech_encoder.encode(audio)``,
     ``text_encoder.encode([text])`` and a fusion ``nn.Module``."""
@@ -83,9 +86,10 @@ def predictor_from_parts(
         asr=asr,
         speech_encoder=speech_encoder.encode,
         text_encoder=lambda text: text_encoder.encode([text])[0],
-        classify=fusion_classifier(fusion, contribution=contribution),
+        classify=fusion_classifier(fusion, contribution=contribution, temperature=temperature),
         info=described,
         limits=limits or Limits(),
+        speech_stage=speech_stage or SpeechStage(),
     )
 
 
@@ -159,6 +163,8 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
         if recorded_id and recorded_id != _safe_id(encoder):
             log.warning("%s: trained with %s encoder %s, the installed one is %s", path, kind, recorded_id, _safe_id(encoder))
     asr_name = asr or bundle_asr(meta, config)
+    stage = speech_stage_of(bundle)
+    temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
     info = {
         "bundle": str(path),
         "fusion": (meta.get("model") or {}).get("fusion", ""),
@@ -167,6 +173,26 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
                          "best_epoch": meta.get("best_epoch"),
                          "valid_weighted_f1": ((meta.get("metrics") or {}).get("valid") or {}).get("weighted_f1")},
     }
+    info["normalise"] = stage.normaliser.mode if stage.normaliser else "none"
+    info["temperature"] = temperature
     return predictor_from_parts(
-        bundle.labels, get_asr(asr_name), speech, text, bundle.model, info=info, limits=limits
+        bundle.labels, get_asr(asr_name), speech, text, bundle.model, info=info, limits=limits,
+        speech_stage=stage, temperature=temperature,
     )
+
+
+def speech_stage_of(bundle) -> SpeechStage:
+    """The speech input stage a bundle was trained with (view, normaliser and its corpus
+    statistics); a bundle from before the stage existed reads frames as they come."""
+    from koemo.fusion.inputs import Normaliser
+
+    spec = ((bundle.meta.get("encoders") or {}).get("speech") or {}).get("input") or {}
+    norm = spec.get("normalise") or {"mode": "none"}
+    normaliser = None
+    if norm.get("mode", "none") != "none":
+        arrays = bundle.input_arrays()
+        if not arrays:
+            raise KoemoError(f"{bundle.path}: trained with {norm['mode']} normalisation but has no "
+                             f"{bundles.INPUTS} with the corpus statistics; retrain it")
+        normaliser = Normaliser.from_parts(norm, arrays)
+    return SpeechStage(spec.get("view", "frames"), normaliser, int(spec.get("pool", 1)))

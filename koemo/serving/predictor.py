@@ -17,8 +17,10 @@ import numpy as np
 
 from koemo.data.audio import SAMPLE_RATE
 from koemo.errors import BadInputError, KoemoError
+from koemo.fusion.inputs import Moments, Normaliser, view
 from koemo.serving.limits import Limits
 from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans
+from koemo.serving.sessions import NORMALISE_MODES, Session
 
 STAGES = ("asr", "speech_encoder", "text_encoder", "fusion")
 
@@ -36,6 +38,22 @@ Classifier = Callable[[Any, Any], "tuple[np.ndarray, dict[str, float] | None]"]
 
 
 @dataclass
+class SpeechStage:
+    """The speech encoder's frames -> what the head reads (:mod:`koemo.fusion.inputs`): frames or
+    clip statistics, standardised by a group's statistics (a session, a recording) or the
+    training corpus's. ``normaliser`` None: the frames as they come."""
+
+    view: str = "frames"
+    normaliser: Normaliser | None = None
+    pool: int = 1
+
+    def __call__(self, frames: np.ndarray, group: Moments | None) -> np.ndarray:
+        if self.normaliser is None:
+            return view(frames, self.view, pool=self.pool)
+        return view(frames, self.view, *self.normaliser.stats_for(group), pool=self.pool)
+
+
+@dataclass
 class Predictor:
     """Loaded models plus the labels they predict; ``predict`` is safe to call from many threads."""
 
@@ -45,6 +63,7 @@ class Predictor:
     text_encoder: Encoder  # text -> features
     classify: Classifier
     info: dict[str, Any] = field(default_factory=dict)  # what GET /v1/model shows
+    speech_stage: SpeechStage = field(default_factory=SpeechStage)
     limits: Limits = field(default_factory=Limits)
     segment_config: SegmentConfig = field(default_factory=SegmentConfig)
     # Models that keep state between calls (or are not thread-safe) run under this lock when set.
@@ -65,31 +84,40 @@ class Predictor:
         return self._pool
 
     # ---- prediction ----------------------------------------------------------------------
-    def predict(self, audio: np.ndarray, *, name: str = "<audio>") -> dict[str, Any]:
+    def predict(self, audio: np.ndarray, *, name: str = "<audio>", session: Session | None = None,
+                normalise: str | None = None, update_session: bool = True) -> dict[str, Any]:
         """Classify one recording (16 kHz mono float32).
+
+        ``normalise`` (for a bundle trained with speaker normalisation): ``speaker`` standardises
+        the voice by ``session``'s statistics (this recording's added first unless
+        ``update_session`` is False), ``file`` by this recording's own (its utterances), ``none``
+        by the training corpus's; groups of too few utterances fall back to the corpus. Default:
+        ``speaker`` with a session, else ``file``.
 
         Returns ``{transcript, probabilities{label: p}, label, segments[{start, end, transcript,
         label, probabilities, contribution}], contribution{audio, text}, timings{stage: s},
         duration}``.
         """
+        mode = normalise or ("speaker" if session is not None else "file")
+        if mode not in NORMALISE_MODES:
+            raise KoemoError(f"normalise={mode!r}: use one of {', '.join(NORMALISE_MODES)}")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             raise BadInputError(name, "zero-length audio (no samples)")
         t_start = time.perf_counter()
         duration = len(audio) / SAMPLE_RATE
         timings = {stage: 0.0 for stage in STAGES}
-        if self.limits.segment_over_s and duration > self.limits.segment_over_s:
-            t0 = time.perf_counter()
-            spans = speech_spans(audio, self.segment_config)
-            timings["vad"] = time.perf_counter() - t0
-            if not spans:
-                raise BadInputError(name, f"no speech found in {duration:.1f} s of audio")
-        else:
-            spans = [Span(0.0, round(duration, 3))]
-
+        spans = self._spans(audio, name, timings)
+        encoded = [self._encode_utterance(cut(audio, span), timings) for span in spans]
+        group = None
+        if mode != "none" and self.speech_stage.normaliser is not None:
+            group = Moments.sum(Moments.of(frames) for _, frames, _ in encoded)
+            if mode == "speaker" and session is not None:
+                group = session.add(group) if update_session else (
+                    group if session.moments is None else session.moments + group)
         segments = []
-        for span in spans:
-            seg = self._predict_utterance(cut(audio, span), timings)
+        for span, (transcript, frames, text) in zip(spans, encoded):
+            seg = self._classify(transcript, self.speech_stage(frames, group), text, timings)
             segments.append({"start": span.start, "end": span.end, **seg})
 
         weights = np.array([max(s["end"] - s["start"], 1e-3) for s in segments])
@@ -113,34 +141,59 @@ class Predictor:
             "timings": {k: round(v, 4) for k, v in timings.items()},
         }
 
-    def _predict_utterance(self, audio: np.ndarray, timings: dict[str, float]) -> dict[str, Any]:
+    def observe(self, audio: np.ndarray, session: Session, *, name: str = "<audio>") -> None:
+        """Add a recording's speech statistics to ``session`` without classifying it (the first
+        pass of ``koemo predict --normalise speaker``: every file of the call, then each one)."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if audio.size == 0:
+            raise BadInputError(name, "zero-length audio (no samples)")
+        timings = {stage: 0.0 for stage in STAGES}
+        frames = [self.speech_encoder(cut(audio, span)) for span in self._spans(audio, name, timings)]
+        session.add(Moments.sum(Moments.of(f) for f in frames))
+
+    def _spans(self, audio: np.ndarray, name: str, timings: dict[str, float]) -> list[Span]:
+        duration = len(audio) / SAMPLE_RATE
+        if self.limits.segment_over_s and duration > self.limits.segment_over_s:
+            t0 = time.perf_counter()
+            spans = speech_spans(audio, self.segment_config)
+            timings["vad"] = timings.get("vad", 0.0) + time.perf_counter() - t0
+            if not spans:
+                raise BadInputError(name, f"no speech found in {duration:.1f} s of audio")
+            return spans
+        return [Span(0.0, round(duration, 3))]
+
+    def _encode_utterance(self, audio: np.ndarray, timings: dict[str, float]):
+        """(transcript, speech frames, text features) of one utterance."""
         if self.serial:
             with self._lock:
-                return self._run_stages(audio, timings)
-        return self._run_stages(audio, timings)
+                return self._run_encoders(audio, timings)
+        return self._run_encoders(audio, timings)
 
-    def _run_stages(self, audio: np.ndarray, timings: dict[str, float]) -> dict[str, Any]:
-        def timed(fn, *args):
-            t0 = time.perf_counter()
-            out = fn(*args)
-            return out, time.perf_counter() - t0
-
+    def _run_encoders(self, audio: np.ndarray, timings: dict[str, float]):
         if self.overlap:
             # The speech encoder does not need the transcript: run it beside ASR -> text encoder.
             # faster-whisper's decoder leaves cores idle, so this shortens the wall time.
-            speech_job = self._side_pool().submit(timed, self.speech_encoder, audio)
+            speech_job = self._side_pool().submit(_timed, self.speech_encoder, audio)
             try:
-                transcript, t_asr = timed(self.asr.transcribe, audio)
-                text, t_text = timed(self.text_encoder, transcript)
+                transcript, t_asr = _timed(self.asr.transcribe, audio)
+                text, t_text = _timed(self.text_encoder, transcript)
             finally:
                 speech, t_speech = speech_job.result()
         else:
-            transcript, t_asr = timed(self.asr.transcribe, audio)
-            speech, t_speech = timed(self.speech_encoder, audio)
-            text, t_text = timed(self.text_encoder, transcript)
-        (probs, contribution), t_fusion = timed(self.classify, speech, text)
-        for stage, dt in zip(STAGES, (t_asr, t_speech, t_text, t_fusion)):
+            transcript, t_asr = _timed(self.asr.transcribe, audio)
+            speech, t_speech = _timed(self.speech_encoder, audio)
+            text, t_text = _timed(self.text_encoder, transcript)
+        for stage, dt in zip(STAGES, (t_asr, t_speech, t_text)):
             timings[stage] += dt
+        return transcript, speech, text
+
+    def _classify(self, transcript: str, speech, text, timings: dict[str, float]) -> dict[str, Any]:
+        if self.serial:
+            with self._lock:
+                (probs, contribution), t_fusion = _timed(self.classify, speech, text)
+        else:
+            (probs, contribution), t_fusion = _timed(self.classify, speech, text)
+        timings["fusion"] += t_fusion
         probs = np.asarray(probs, dtype=np.float64).reshape(-1)
         if probs.shape[0] != len(self.labels) or not np.all(np.isfinite(probs)):
             raise KoemoError(f"model returned {probs.shape[0]} scores for {len(self.labels)} labels")
@@ -157,3 +210,9 @@ class Predictor:
         from koemo import __version__
 
         return {"labels": list(self.labels), "koemo_version": __version__, **self.info}
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0

@@ -12,6 +12,8 @@ This module is the one owner of the bundle contract; the trainer writes through 
       config.yaml         the resolved recipe (every field)
       model.safetensors   the weights of the best-on-validation epoch
       predictions/        test predictions per text source (JSONL, :mod:`koemo.metrics` format)
+      inputs.safetensors  arrays the input stage needs in service (the speech normaliser's corpus
+                          statistics), when there are any
       resume.pt           optimiser/model/RNG state of the last finished epoch (only while the
                           run is incomplete; removed when training ends)
 
@@ -50,6 +52,7 @@ META = "bundle.json"
 CONFIG = "config.yaml"
 RESUME = "resume.pt"
 PREDICTIONS = "predictions"
+INPUTS = "inputs.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,8 +117,8 @@ def describe_model(model_cfg, fusion: torch.nn.Module) -> dict[str, Any]:
     """What a bundle records to rebuild ``fusion``: the model section and the input dims."""
     from koemo.config import to_dict
 
-    return {"model": to_dict(model_cfg), "audio_dim": getattr(fusion, "audio_dim", None),
-            "text_dim": getattr(fusion, "text_dim", None)}
+    return {"model": to_dict(model_cfg), "audio_dim": getattr(fusion, "input_audio_dim", getattr(fusion, "audio_dim", None)),
+            "text_dim": getattr(fusion, "text_dim", None), "audio_layers": getattr(fusion, "audio_layers", 1)}
 
 
 def write_bundle(
@@ -125,6 +128,7 @@ def write_bundle(
     weights: dict[str, torch.Tensor],
     resume_state: dict[str, Any] | None = None,
     predictions: dict[str, list] | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete bundle directory atomically (see the module docstring)."""
     with atomic_dir(target) as tmp:
@@ -133,6 +137,8 @@ def write_bundle(
         (tmp / CONFIG).write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False),
                                   encoding="utf-8")
         save_weights(weights, tmp / WEIGHTS)
+        if inputs:
+            save_weights({k: torch.as_tensor(v) for k, v in inputs.items()}, tmp / INPUTS)
         if resume_state is not None:
             torch.save(resume_state, tmp / RESUME)
         if predictions:
@@ -180,6 +186,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise KoemoError(f"{path}: bundle format {meta.get('format')!r}, this koemo reads "
                          f"{', '.join(sorted(_READERS))}")
     return reader(meta, path)
+
+
+def update_meta(path: str | Path, meta: dict[str, Any]) -> None:
+    """Replace a finished bundle's ``bundle.json`` (atomically), e.g. to add its calibration."""
+    from koemo.paths import atomic_write_text
+
+    atomic_write_text(Path(path) / META, json.dumps({**meta, "format": FORMAT}, ensure_ascii=False, indent=1))
 
 
 def read_resume_state(path: str | Path) -> dict[str, Any] | None:
@@ -282,7 +295,8 @@ def build_model(meta: dict[str, Any], path: Path | str = "bundle") -> torch.nn.M
         raise KoemoError(f"{path}: the bundle records no input dims or labels to rebuild the model from; "
                          "retrain it with this koemo")
     model_cfg = from_dict(ModelConfig, model, f"{path}: model")
-    return build_from_config(model_cfg, meta["audio_dim"], meta["text_dim"], len(meta["labels"]))
+    return build_from_config(model_cfg, meta["audio_dim"], meta["text_dim"], len(meta["labels"]),
+                             int(meta.get("audio_layers", 1)))
 
 
 @dataclass
@@ -295,6 +309,11 @@ class Bundle:
     @property
     def labels(self) -> list[str]:
         return list(self.meta["labels"])
+
+    def input_arrays(self) -> dict[str, Any]:
+        """The arrays of ``inputs.safetensors`` (numpy), empty for a bundle without them."""
+        f = self.path / INPUTS
+        return {k: v.numpy() for k, v in load_weights(f).items()} if f.is_file() else {}
 
 
 def load_bundle(path: str | Path, model: torch.nn.Module | None = None) -> Bundle:

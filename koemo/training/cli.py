@@ -20,6 +20,9 @@ def train(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default: <cache>/runs/...); one bundle per fold inside."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override train.epochs."),
     finetune: bool = typer.Option(False, "--finetune", help="Fine-tune the encoders end to end (slow on CPU)."),
+    final: bool = typer.Option(False, "--final", help="The shipped model: cross-validate the recipe (for the "
+                               "temperature and the model card), then train on every clip into --out."),
+    cv_seeds: int = typer.Option(1, "--cv-seeds", help="With --final: seeds of the cross-validation."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if OUT holds an interrupted run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     overrides: Optional[list[str]] = SetOpt,
@@ -48,6 +51,22 @@ def train(
     from koemo.fusion import FUSIONS
 
     FUSIONS.get(cfg.model.fusion)  # fail before any work on a wrong name
+    if final:
+        from koemo.training.final import train_final
+
+        if out is None:
+            raise typer.BadParameter("--final needs --out (the bundle directory to write)")
+        meta = train_final(cfg, out, data_dir=data_dir, seeds=cv_seeds, progress=not quiet)
+        if json_:
+            print_json({k: meta[k] for k in ("calibration", "cross_validation", "trained_on")})
+            return
+        cal = meta["calibration"]
+        for protocol, s in meta["cross_validation"].items():
+            typer.echo(f"held-out {protocol} ({s['source']}): weighted F1 {s['weighted_f1']:.4f}")
+        typer.echo(f"temperature {cal['temperature']:.3f}: ECE {cal['ece_before']:.3f} -> "
+                   f"{cal['ece_cross_fitted']:.3f} (cross-fitted, {cal['n']} held-out predictions)")
+        typer.echo(f"final model on {meta['trained_on']['clips']} clips: {out} (model card: {out}/MODEL_CARD.md)")
+        return
     summary = train_recipe(cfg, folds=fold, out=out, data_dir=data_dir, progress=not quiet, resume=not no_resume)
     if dist_info()[0] != 0:
         return
@@ -57,8 +76,9 @@ def train(
     typer.echo(f"{cfg.model.fusion}, trained on {cfg.train.text}, {cfg.split.protocol} seed {cfg.split.seed}: {summary.out}")
     for name, r in summary.folds:
         tests = ", ".join(f"{s} {m['weighted_f1']:.4f}" for s, m in r.test.items())
-        typer.echo(f"  {name}: best epoch {r.best_epoch}, valid weighted F1 {r.valid['weighted_f1']:.4f} "
-                   f"({r.valid_source}); test weighted F1 {tests}")
+        valid = (f"valid weighted F1 {r.valid['weighted_f1']:.4f} ({r.valid_source})" if r.valid
+                 else "no validation set")
+        typer.echo(f"  {name}: best epoch {r.best_epoch}, {valid}; test weighted F1 {tests}")
     for source, m in summary.pooled_test.items():
         typer.echo(f"pooled test ({m['n']} clips, {source}): weighted F1 {m['weighted_f1']:.4f}, "
                    f"accuracy {m['accuracy']:.4f}")

@@ -52,8 +52,11 @@ class FeatureData:
     """Audio/text arrays and labels; :meth:`check` validates, :meth:`batch` pads."""
 
     def __init__(self, audio: Mapping[str, np.ndarray], text: Mapping[str, Mapping[str, np.ndarray]],
-                 labels: Mapping[str, str], label_list: Sequence[str]):
+                 labels: Mapping[str, str], label_list: Sequence[str],
+                 audio_variants: Sequence[Mapping[str, np.ndarray]] = ()):
         self.audio = audio
+        #: augmented copies of the speech input, read by training batches only (koemo.training.augment)
+        self.audio_variants = list(audio_variants)
         self.text = dict(text)
         self.labels = labels
         self.label_list = list(label_list)
@@ -95,8 +98,8 @@ class FeatureData:
             self._checked.add((uid, key))
             return
         arr = np.asarray(table[uid])
-        if arr.ndim not in (1, 2):  # [time, dim] features, or a waveform / token ids [time]
-            raise BadInputError(uid, f"{what} have shape {arr.shape}; expected [time, dim]")
+        if arr.ndim not in (1, 2, 3):  # [time, (layers,) dim] features, or a waveform / token ids [time]
+            raise BadInputError(uid, f"{what} have shape {arr.shape}; expected [time, dim] or [time, layers, dim]")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             bad = "NaN" if np.isnan(arr).any() else "infinite values"
             raise BadInputError(uid, f"{what} contain {bad}; re-extract them (koemo features)")
@@ -106,9 +109,11 @@ class FeatureData:
     def y(self, ids: Sequence[str]) -> torch.Tensor:
         return torch.tensor([self.label_index[self.labels[u]] for u in ids], dtype=torch.long)
 
-    def batch(self, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        """Pad ``[(utt_id, text source), ...]`` into audio/text tensors and boolean masks."""
-        audio, audio_mask = pad([self.audio[u] for u, _ in pairs])
+    def batch(self, pairs: Sequence[tuple[str, str]], copies: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Pad ``[(utt_id, text source), ...]`` into audio/text tensors and boolean masks;
+        ``copies[i]`` > 0 reads pair i's speech from augmented copy ``copies[i]``."""
+        tables = [self.audio] + self.audio_variants
+        audio, audio_mask = pad([tables[copies[i] if copies else 0][u] for i, (u, _) in enumerate(pairs)])
         texts = [self.text[s][u] for u, s in pairs]
         if texts and isinstance(texts[0], str):  # raw strings for a fine-tuned text encoder
             return {"audio": audio, "audio_mask": audio_mask, "text": texts, "text_mask": None}
@@ -122,6 +127,13 @@ class FeatureData:
             return int(np.asarray(next(iter(table.values()))).shape[-1])
 
         return dim(self.audio), dim(self.text[source])
+
+    def audio_layers(self) -> int:
+        """L for speech inputs with a layer axis ``[T, L, D]``, else 1."""
+        if isinstance(self.audio, AbsentModality):
+            return 1
+        first = np.asarray(next(iter(self.audio.values())))
+        return int(first.shape[1]) if first.ndim == 3 else 1
 
     def data_hash(self, parts: Iterable[tuple[Sequence[str], Iterable[str]]]) -> str:
         """sha256 of the labels and every array a run reads: ``parts`` are (ids, text sources).

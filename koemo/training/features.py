@@ -1,15 +1,21 @@
-"""The one place the trainer touches the feature store (imported lazily)."""
+"""The one place the trainer touches the feature store (imported lazily), and the step from the
+store's frames to what the head reads (:func:`speech_input`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from koemo.config import Recipe
 from koemo.data.manifest import Utterance
+from koemo.errors import KoemoError
 from koemo.paths import cache_root
+
+if TYPE_CHECKING:
+    from koemo.fusion.inputs import Normaliser
 
 
 def store_for(recipe: Recipe):
@@ -52,3 +58,50 @@ def encoder_meta(kind: str, name: str, layer: int | None = None, finetuned: bool
     e = get_text_encoder(name)
     return {"name": name, "id": e.id, "dim": e.dim, "finetuned": finetuned,
             "sentence_vector": bool(getattr(e, "sentence_vector", False))}
+
+
+@dataclass
+class SpeechInput:
+    """How a job's speech frames became its head's input (:mod:`koemo.fusion.inputs`); the
+    bundle records it, so ``predict`` builds the same input in service."""
+
+    view: str  # frames | stats
+    layer: int | str | None
+    normaliser: Normaliser | None = None
+    pool: int = 1  # frames averaged into one (frames view)
+
+    def meta(self) -> dict:
+        norm = self.normaliser.to_meta() if self.normaliser else {"mode": "none"}
+        return {"view": self.view, "layer": self.layer, "normalise": norm, "pool": self.pool}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.normaliser.to_arrays() if self.normaliser else {}
+
+
+def speech_input(recipe: Recipe, frames: Mapping[str, np.ndarray], utts: Sequence[Utterance],
+                 copies: Sequence[Mapping[str, np.ndarray]] = ()
+                 ) -> tuple[Mapping[str, np.ndarray], list[Mapping[str, np.ndarray]], SpeechInput]:
+    """The recipe's fusion's view of ``frames`` (``{utt id: [T, (L,) D]}``) and of its augmented
+    ``copies`` (frame-masked by ``augment.frame_mask``), each speaker's clips standardised by the
+    speaker's statistics (from the clean frames) when ``encoders.normalise`` is ``speaker``."""
+    from koemo.fusion.inputs import Moments, Normaliser, group_views
+    from koemo.fusion.registry import speech_view
+    from koemo.training.augment import masked_copies
+
+    enc = recipe.encoders
+    kind = speech_view(recipe.model)
+    normaliser = None
+    if enc.normalise != "none":
+        corpus = Moments.sum(Moments.of(a) for a in frames.values())
+        normaliser = Normaliser.fit(enc.normalise, corpus, enc.normalise_min_clips)
+    pool = enc.speech_pool if kind == "frames" else 1
+    if pool < 1:
+        raise KoemoError(f"encoders.speech_pool={pool} must be 1 (every frame) or more")
+    spec = SpeechInput(kind, enc.speech_layer, normaliser, pool)
+    copies = masked_copies(copies, recipe.augment.frame_mask, recipe.augment.seed)
+    if normaliser is None and kind == "frames" and pool == 1:
+        return frames, list(copies), spec
+    speakers = {u.id: u.speaker or u.id for u in utts}
+    views = group_views([frames, *copies], speakers, kind, normaliser, pool)
+    views = [{u: v.astype(np.float16) for u, v in table.items()} for table in views]
+    return views[0], views[1:], spec

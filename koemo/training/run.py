@@ -62,6 +62,7 @@ def run_folds(
     out_for: Callable[[Fold], Path | None], encoders: dict[str, Any] | None = None,
     model_for: Callable[[Fold], Any] | None = None, progress: bool = True, resume: bool = True,
     reuse: bool = True, load_reused: bool = True, on_fold: Callable[[FoldOutcome], None] | None = None,
+    input_arrays: dict | None = None,
 ) -> list[FoldOutcome]:
     """Train every fold of ``folds`` on ``data`` into ``out_for(fold)``.
 
@@ -78,7 +79,7 @@ def run_folds(
         else:
             model = model_for(fold) if model_for else None
             res = trainer.train_fold(recipe, fold, data, model=model, out_dir=out, encoders=encoders,
-                                     progress=progress, resume=resume, fold_plan=plan)
+                                     progress=progress, resume=resume, fold_plan=plan, input_arrays=input_arrays)
             outcome = FoldOutcome(fold, out, True, res)
         outcomes.append(outcome)
         if on_fold:
@@ -88,6 +89,65 @@ def run_folds(
 
 # ---------------------------------------------------------------------------------------------
 # koemo train
+
+
+def check_labels(recipe: Recipe, utts) -> None:
+    labels = list(resolve_label_set(recipe.data.label_set))
+    for u in utts:
+        if u.label not in labels:
+            raise UnknownLabelError(
+                u.id, f"label {u.label!r} is not in the recipe's label set ({', '.join(labels)}); "
+                      f"re-run: koemo data prepare (or set data.label_set)")
+
+
+@dataclass
+class TrainingInputs:
+    """What the fold loop needs besides the folds: the data, what the bundles record of the
+    encoders and the speech input, and (end to end) a fresh model per fold."""
+
+    data: FeatureData
+    encoders: dict
+    input_arrays: dict | None = None
+    model_for: Callable[[Fold], Any] | None = None
+
+
+def training_inputs(recipe: Recipe, utts, manifest: Path | str = "manifest", progress: bool = True) -> TrainingInputs:
+    """Features (or, end to end, raw inputs) of ``utts`` for the recipe: the training text, gold,
+    and ``eval.text`` where present; the speech input view with its augmented copies."""
+    labels = list(resolve_label_set(recipe.data.label_set))
+    stt = TrainingText.parse(recipe.train.text).stt
+    stt = None if stt is None else str(stt)
+    sources = ["gold"] + ([stt] if stt else [])
+    eval_text = recipe.eval.text
+    if eval_text and eval_text not in sources and any(eval_text in u.transcripts for u in utts):
+        sources.append(eval_text)
+    if stt and not any(stt in u.transcripts for u in utts):
+        from koemo.sources import TextSource
+
+        raise KoemoError(f"{manifest}: no utterance has a '{stt}' transcript; "
+                         f"run: {TextSource.parse(stt).transcribe_command()}")
+    label_of = {u.id: u.label for u in utts}
+    if recipe.encoders.finetune:
+        from koemo.training.finetune import build_end_to_end, end_to_end_meta, raw_inputs
+
+        audio, text = raw_inputs(utts, sources)
+
+        def model_for(fold: Fold):
+            import torch
+
+            torch.manual_seed(recipe.train.seed)
+            return build_end_to_end(recipe, len(labels))[0]
+
+        return TrainingInputs(FeatureData(audio, text, label_of, labels), end_to_end_meta(recipe), None, model_for)
+    from koemo.training.augment import audio_copies
+    from koemo.training.features import load_features, speech_input, store_for
+
+    audio, text, encoders = load_features(recipe, utts, sources, progress=progress)
+    copies = audio_copies(recipe.augment, store_for(recipe), recipe.encoders.speech, utts,
+                          recipe.encoders.speech_layer, progress=progress)
+    audio, copies, spec = speech_input(recipe, audio, utts, copies)
+    encoders["speech"]["input"] = spec.meta()
+    return TrainingInputs(FeatureData(audio, text, label_of, labels, copies), encoders, spec.arrays())
 
 
 @dataclass
@@ -100,7 +160,7 @@ class RunSummary:
         return {
             "out": str(self.out),
             "folds": {name: {"best_epoch": r.best_epoch, "valid_source": r.valid_source,
-                             "valid_weighted_f1": r.valid["weighted_f1"],
+                             "valid_weighted_f1": r.valid.get("weighted_f1"),
                              "test": {s: m["weighted_f1"] for s, m in r.test.items()}}
                       for name, r in self.folds},
             "pooled_test": self.pooled_test,
@@ -117,59 +177,25 @@ def train_recipe(
 
     rank, world, device = trainer.init_distributed(recipe.train.device)
     recipe.train.device = device
-    stt = TrainingText.parse(recipe.train.text).stt
-    stt = None if stt is None else str(stt)
-    labels = list(resolve_label_set(recipe.data.label_set))
     manifest, utts = load_or_prepare(recipe, data_dir)
-    for u in utts:
-        if u.label not in labels:
-            raise UnknownLabelError(
-                u.id, f"label {u.label!r} is not in the recipe's label set ({', '.join(labels)}); "
-                      f"re-run: koemo data prepare (or set data.label_set)")
+    check_labels(recipe, utts)
     _, fold_list = make_split(recipe, utts, manifest) if rank == 0 else (None, None)
     if fold_list is None:
-        from koemo.data.splits import make_folds
+        from koemo.data.splits import folds_of
 
-        s = recipe.split
-        fold_list = make_folds(utts, s.protocol, s.folds, s.seed, s.ratios)
+        fold_list = folds_of(recipe.split, utts)
     chosen = list(range(len(fold_list))) if folds is None else list(folds)
     for i in chosen:
         if not 0 <= i < len(fold_list):
             raise KoemoError(f"--fold {i}: the {recipe.split.protocol} split has folds 0..{len(fold_list) - 1}")
     needed = {u for i in chosen for f in (fold_list[i],) for u in f.train + f.valid + f.test}
-    sel = [u for u in utts if u.id in needed]
-    sources = ["gold"] + ([stt] if stt else [])
-    eval_text = recipe.eval.text
-    if eval_text and eval_text not in sources and any(eval_text in u.transcripts for u in sel):
-        sources.append(eval_text)
-    if stt and not any(stt in u.transcripts for u in sel):
-        from koemo.sources import TextSource
-
-        raise KoemoError(f"{manifest}: no utterance has a '{stt}' transcript; "
-                         f"run: {TextSource.parse(stt).transcribe_command()}")
-    label_of = {u.id: u.label for u in sel}
-
-    model_for = None
-    if recipe.encoders.finetune:
-        from koemo.training.finetune import build_end_to_end, end_to_end_meta, raw_inputs
-
-        audio, text = raw_inputs(sel, sources)
-        encoders = end_to_end_meta(recipe)
-
-        def model_for(fold: Fold):
-            import torch
-
-            torch.manual_seed(recipe.train.seed)
-            return build_end_to_end(recipe, len(labels))[0]
-    else:
-        from koemo.training.features import load_features
-
-        audio, text, encoders = load_features(recipe, sel, sources, progress=progress and rank == 0)
-    data = FeatureData(audio, text, label_of, labels)
+    inputs = training_inputs(recipe, [u for u in utts if u.id in needed], manifest, progress and rank == 0)
+    labels = inputs.data.label_list
 
     base = Path(out) if out else default_out(recipe)
-    outcomes = run_folds(recipe, [fold_list[i] for i in chosen], data, out_for=lambda f: base / _slug(f.name),
-                         encoders=encoders, model_for=model_for, progress=progress, resume=resume)
+    outcomes = run_folds(recipe, [fold_list[i] for i in chosen], inputs.data, out_for=lambda f: base / _slug(f.name),
+                         encoders=inputs.encoders, model_for=inputs.model_for, progress=progress, resume=resume,
+                         input_arrays=inputs.input_arrays)
     results = [(o.fold.name, o.result) for o in outcomes]
     summary = RunSummary(base, results, _pooled(results, labels))
     if rank == 0:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from koemo.config import Recipe, to_dict
+from koemo.config import AugmentConfig, Recipe, to_dict
 from koemo.data.labels import resolve_label_set
 from koemo.data.splits import Fold
 from koemo.errors import KoemoError
@@ -142,7 +142,17 @@ def accumulate_step(net: nn.Module, loss_fn: Callable[[Sequence[str]], tuple[tor
 
 #: config fields added after bundles were first fingerprinted, with the default that leaves a
 #: fold's fingerprint as it was before the field existed (cached grids stay valid)
-FINGERPRINT_NEUTRAL = {("train", "precision"): "fp32", ("model", "options"): {}}
+FINGERPRINT_NEUTRAL = {
+    ("train", "precision"): "fp32", ("model", "options"): {}, ("model", "standardise"): False,
+    ("split", "valid"): "holdout", ("encoders", "normalise"): "none", ("encoders", "normalise_min_clips"): 3,
+    ("train", "text_dropout"): 0.0, ("train", "audio_dropout"): 0.0, ("model", "layer_mix"): "weighted",
+    ("model", "pooling"): "mean", ("encoders", "speech_pool"): 1,
+    ("augment", None): to_dict(AugmentConfig()),
+}
+
+
+#: the fold of a model trained on every clip (no validation, no test)
+FINAL_FOLD = "all"
 
 
 def _fingerprint(cfg: dict, fold: Fold, data_hash: str, world: int) -> str:
@@ -150,7 +160,10 @@ def _fingerprint(cfg: dict, fold: Fold, data_hash: str, world: int) -> str:
     for key in ("epochs", "early_stopping", "device", "checkpoint_every"):  # may change between a run and its resume
         cfg.get("train", {}).pop(key, None)
     for (section, key), neutral in FINGERPRINT_NEUTRAL.items():
-        if key in cfg.get(section, {}) and cfg[section][key] == neutral:
+        if key is None:  # a whole section added later
+            if cfg.get(section) == neutral:
+                cfg.pop(section)
+        elif key in cfg.get(section, {}) and cfg[section][key] == neutral:
             cfg[section].pop(key)
     # The evaluation grid does not change how a fold trains (what it is tested on is in the data
     # hash): adding a row to eval.table3 must not retrain every other fold of koemo reproduce.
@@ -187,9 +200,11 @@ def plan_fold(recipe: Recipe, fold: Fold, data: FeatureData) -> FoldPlan:
     if list(data.label_list) != labels:
         raise KoemoError(f"data labels {data.label_list} differ from the recipe's {labels}")
     data.check(fold.train, train_sources, "training")
-    data.check(fold.valid, [valid_source], "validation")
-    data.check(fold.test, [valid_source], "test")
-    test_sources = [valid_source] + sorted(
+    if fold.valid or recipe.split.valid != "none":
+        data.check(fold.valid, [valid_source], "validation")
+    if fold.test or fold.name != FINAL_FOLD:  # the final model (koemo train --final) has no test side
+        data.check(fold.test, [valid_source], "test")
+    test_sources = [] if not fold.test else [valid_source] + sorted(
         s for s in data.text if s != valid_source and all(u in data.text[s] for u in fold.test)
     )
     for s in test_sources[1:]:
@@ -208,6 +223,17 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _rng_for(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
+
+
+def blank_modalities(batch: dict, text: torch.Tensor, audio: torch.Tensor) -> None:
+    """Blank the rows ``text`` (``audio``) of a padded batch in place: what an empty transcript
+    (silence) gives, one zero vector."""
+    for rows, key in ((text, "text"), (audio, "audio")):
+        if rows.any() and isinstance(batch[key], torch.Tensor):
+            batch[key][rows] = 0
+            mask = batch[f"{key}_mask"]
+            mask[rows] = False
+            mask[rows, 0] = True
 
 
 def _check_settings(tc) -> None:
@@ -231,9 +257,10 @@ class _FoldRun:
         self.rank, self.world = dist_info()
         torch.manual_seed(tc.seed)
         self.end_to_end = model is not None and not hasattr(model, "embed")
+        self.fresh = model is None
         if model is None:
             a_dim, t_dim = data.dims(plan.train_sources[0])
-            model = build_from_config(recipe.model, a_dim, t_dim, len(plan.labels))
+            model = build_from_config(recipe.model, a_dim, t_dim, len(plan.labels), data.audio_layers())
         self.model = model.to(self.device)
         self.optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
                                       weight_decay=tc.weight_decay)
@@ -266,6 +293,13 @@ class _FoldRun:
             self.start_epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
             log.info("%s: resuming after epoch %d of %d", out, self.start_epoch, self.tc.epochs)
 
+    def fit_inputs(self) -> None:
+        """Standardisation statistics from the training clips (a fresh model that wants them)."""
+        if self.fresh and getattr(self.model, "standardised", False) and self.start_epoch == 0:
+            ids, data = self.fold.train, self.data
+            self.model.fit_standardiser([data.audio[u] for u in ids],
+                                        [data.text[s][u] for s in self.plan.train_sources for u in ids])
+
     def wrap_parallel(self) -> None:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -278,10 +312,17 @@ class _FoldRun:
         """The loss summed over ``ids``: CE on the training text, or CE + lambda * KL (``cr``)."""
         data, plan = self.data, self.plan
         y = data.y(ids).to(self.device)
+        drop = self.modality_drops(ids)
+        # each example reads its clean features or one augmented copy (the same on both cr paths)
+        copy = torch.randint(0, 1 + len(data.audio_variants), (len(ids),)).tolist() if data.audio_variants else None
 
         def forward(pairs):  # under train.precision; the losses see fp32 logits
+            batch = data.batch(pairs, copy * (len(pairs) // len(ids)) if copy else None)
+            if drop is not None:
+                repeat = len(pairs) // len(ids)  # the cr mode's two paths drop the same modalities
+                blank_modalities(batch, drop[0].repeat(repeat), drop[1].repeat(repeat))
             with autocast(self.device, self.precision):
-                return self.net(**to_device(data.batch(pairs), self.device)).float()
+                return self.net(**to_device(batch, self.device)).float()
 
         if plan.mode == "cr":
             # one forward over both paths: golden-path rows first, then the STT-path rows
@@ -289,6 +330,18 @@ class _FoldRun:
             return cr_sum(logits[: len(ids)], logits[len(ids):], y, plan.variant, self.cw)
         loss = ce_sum(forward([(u, plan.train_sources[0]) for u in ids]), y, self.cw)
         return loss, {"ce": float(loss.detach())}
+
+    def modality_drops(self, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Which examples lose their text / their audio this step (``train.text_dropout``,
+        ``train.audio_dropout``); never both. Drawn from torch's generator (seeded per epoch)."""
+        tc = self.tc
+        reads = getattr(getattr(self.model, "fusion", self.model), "modalities", ("audio", "text"))
+        if not (tc.text_dropout or tc.audio_dropout) or len(reads) < 2:  # a single-modal model keeps its one input
+            return None
+        n = len(ids)
+        text = torch.rand(n) < tc.text_dropout
+        audio = (torch.rand(n) < tc.audio_dropout) & ~text
+        return text, audio
 
     def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
         from tqdm.auto import tqdm
@@ -314,6 +367,8 @@ class _FoldRun:
         return all_reduce_sums(sums) if self.world > 1 else sums
 
     def evaluate(self, ids: Sequence[str], source: str) -> tuple[np.ndarray, dict[str, float]]:
+        if not ids:  # split.valid=none: nothing to score
+            return np.zeros((0, len(self.plan.labels))), {}
         probs = predict_proba(self.model, self.data, ids, source, self.tc.batch_size, self.device, self.precision)
         labels = self.plan.labels
         return probs, score([self.data.labels[u] for u in ids], [labels[i] for i in probs.argmax(1)], labels, probs)
@@ -322,24 +377,29 @@ class _FoldRun:
         """Score the epoch on validation, keep the best weights, record the epoch's history."""
         _, valid = self.evaluate(self.fold.valid, self.plan.valid_source)
         best = self.best
-        # Small validation sets tie often: among equal F1, the lower validation NLL wins.
-        nll = valid.get("nll", float("inf"))
-        improved = valid["weighted_f1"] > best["f1"] or (
-            valid["weighted_f1"] == best["f1"] and nll < best.get("nll", float("inf")))
-        if improved:
-            self.best = {"f1": valid["weighted_f1"], "nll": nll, "epoch": epoch + 1,
-                         "state": _state_copy(self.model), "bad": 0}
+        if not valid:  # no validation set: the latest epoch is the one kept
+            improved = True
+            self.best = {"f1": float("nan"), "epoch": epoch + 1, "state": _state_copy(self.model), "bad": 0}
         else:
-            best["bad"] += 1
+            # Small validation sets tie often: among equal F1, the lower validation NLL wins.
+            nll = valid.get("nll", float("inf"))
+            improved = valid["weighted_f1"] > best["f1"] or (
+                valid["weighted_f1"] == best["f1"] and nll < best.get("nll", float("inf")))
+            if improved:
+                self.best = {"f1": valid["weighted_f1"], "nll": nll, "epoch": epoch + 1,
+                             "state": _state_copy(self.model), "bad": 0}
+            else:
+                best["bad"] += 1
         n = max(1, len(self.fold.train))
         info = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
-                "valid_weighted_f1": valid["weighted_f1"], "valid_accuracy": valid["accuracy"],
+                "valid_weighted_f1": valid.get("weighted_f1", float("nan")),
+                "valid_accuracy": valid.get("accuracy", float("nan")),
                 "seconds": round(time.perf_counter() - t0, 3)}
         if self.plan.mode == "cr":
             info["train_kl"] = sums["kl"] / n
         self.history.append(info)
         log.info("%s epoch %d/%d: train loss %.4f, valid weighted F1 %.4f%s (%.1f s)", self.fold.name, epoch + 1,
-                 self.tc.epochs, info["train_loss"], valid["weighted_f1"], " (best)" if improved else "",
+                 self.tc.epochs, info["train_loss"], info["valid_weighted_f1"], " (best)" if improved else "",
                  info["seconds"])
         return info
 
@@ -376,7 +436,7 @@ class _FoldRun:
         bundles.write_bundle(self.out, {**meta, "complete": False, "best_epoch": best["epoch"],
                                         "epochs_done": epoch + 1, "history": self.history,
                                         "metrics": {"valid": {"weighted_f1": best["f1"]}}},
-                             self.plan.config, best["state"], resume_state)
+                             self.plan.config, best["state"], resume_state, inputs=self.input_arrays)
 
     # ---- 5. finish
     def finish(self, meta: dict) -> TrainResult:
@@ -399,7 +459,8 @@ class _FoldRun:
         meta = {**meta, "complete": True, "best_epoch": best["epoch"], "epochs_done": len(self.history),
                 "history": self.history, "metrics": {"valid": valid, "test": test}}
         if self.out is not None and self.rank == 0:
-            bundles.write_bundle(self.out, meta, plan.config, best["state"], None, predictions)
+            bundles.write_bundle(self.out, meta, plan.config, best["state"], None, predictions,
+                                 inputs=self.input_arrays)
         return TrainResult(self.out, best["epoch"], len(self.history), plan.valid_source, valid, test,
                            self.history, self.model, meta, predictions)
 
@@ -416,6 +477,7 @@ def train_fold(
     progress: bool = True,
     resume: bool = True,
     fold_plan: FoldPlan | None = None,
+    input_arrays: dict[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train one fold; write the bundle to ``out_dir`` (if given) every ``train.checkpoint_every``
     epochs (weights + optimiser state, so a killed run resumes there) and when done.
@@ -424,13 +486,16 @@ def train_fold(
     encoders+fusion module (:mod:`koemo.training.finetune`) to train end to end, with ``data``
     holding the encoders' raw inputs. ``fold_plan``: :func:`plan_fold`'s result, if the caller
     has it. ``callbacks(epoch, info)`` run after each epoch's bundle is written (``epoch``
-    1-based); an exception there stops training as a kill would.
+    1-based); an exception there stops training as a kill would. ``input_arrays``: what the
+    input stage needs in service (the speech normaliser's statistics), written into the bundle.
     """
     plan = fold_plan or plan_fold(recipe, fold, data)
     _check_settings(recipe.train)
     run = _FoldRun(recipe, fold, data, plan, model, Path(out_dir) if out_dir else None)
+    run.input_arrays = input_arrays
     if run.out is not None and resume:
         run.resume()
+    run.fit_inputs()
     run.wrap_parallel()
     meta = run.meta(encoders)
     tc = recipe.train

@@ -70,3 +70,57 @@ def test_errors():
         make_folds([], "speaker")
     with pytest.raises(KoemoError, match="unknown split protocol 'random'"):
         make_folds(utts, "random")
+
+
+def _layout():
+    """Six emotional-script speakers reading sentences of one emotion each, three plain-script
+    speakers reading two sentences in every emotion (EmotionTTS in small)."""
+    from koemo.data.manifest import Utterance
+
+    labels = ["neutral", "happy", "sad", "angry"]
+    utts = []
+    for s in range(6):
+        for k, lab in enumerate(labels):
+            for j in range(2):
+                utts.append(Utterance(f"e{s}{k}{j}", "x", lab, f"emo {k} {j}", f"emo{s}", f"emo-{k}{j}"))
+    for s in range(3):
+        for k, lab in enumerate(labels):
+            for j in range(2):
+                utts.append(Utterance(f"p{s}{k}{j}", "x", lab, f"plain {j}", f"plain{s}", f"plain-{j}"))
+    return utts
+
+
+def test_text_neutral_protocol_tests_the_sentences_read_in_every_emotion():
+    from koemo.data.splits import make_folds, text_neutral_ids
+
+    utts = _layout()
+    neutral = text_neutral_ids(utts)
+    assert neutral == {u.id for u in utts if u.id.startswith("p")}
+    (fold,) = make_folds(utts, "text-neutral", seed=3)
+    assert fold.name == "text-neutral" and set(fold.test) == neutral
+    by_id = {u.id: u for u in utts}
+    train_side = fold.train + fold.valid
+    assert not {by_id[i].speaker for i in train_side} & {by_id[i].speaker for i in fold.test}
+    assert not {by_id[i].group for i in train_side} & {by_id[i].group for i in fold.test}
+    assert fold.valid and not set(fold.valid) & set(fold.train)
+    only_emotional = [u for u in utts if u.id.startswith("e")]
+    with pytest.raises(KoemoError, match="no sentence is read in more than one emotion"):
+        make_folds(only_emotional, "text-neutral")
+
+
+def test_without_validation_every_training_side_clip_trains():
+    from koemo.data.splits import make_folds
+
+    utts = _layout()
+    none = make_folds(utts, "speaker-sentence", folds=3, seed=1, valid="none")
+    held = make_folds(utts, "speaker-sentence", folds=3, seed=1, valid_fraction=0.3)
+    by_id = {u.id: u for u in utts}
+    assert [f.test for f in none] == [f.test for f in held]
+    for f, h in zip(none, held):  # the whole training side, more than train + validation with a hold-out
+        spk, grp = {by_id[i].speaker for i in f.test}, {by_id[i].group for i in f.test}
+        assert f.valid == [] and not any(by_id[i].speaker in spk or by_id[i].group in grp for i in f.train)
+        assert set(h.train + h.valid) < set(f.train)
+    held = make_folds(utts, "speaker", folds=3, seed=1)
+    assert [f.test for f in make_folds(utts, "speaker", folds=3, seed=1, valid="none")] == [f.test for f in held]
+    with pytest.raises(KoemoError, match="split.valid='inner'"):
+        make_folds(utts, "speaker", valid="inner")

@@ -64,8 +64,10 @@ def test_formatting():
 def synthetic_results(tmp_path):
     plot_confusions([("human text", np.eye(4, dtype=int) * 3)], LABELS, tmp_path / "figures" / "cm.png")
     s = {"mean": {"weighted_f1": 0.4952, "weighted_accuracy": 0.4989, "unweighted_accuracy": 0.47,
-                  "macro_f1": 0.46}, "std": {"weighted_f1": 0.0062, "weighted_accuracy": 0.005,
-                                              "unweighted_accuracy": 0.01, "macro_f1": 0.011}}
+                  "macro_f1": 0.46, "ece": 0.1234, "nll": 1.5}, "std": {"weighted_f1": 0.0062, "weighted_accuracy": 0.005,
+                                                                       "unweighted_accuracy": 0.01, "macro_f1": 0.011},
+         "calibrated": {"ece": 0.0456, "nll": 1.2, "temperature": 1.7},
+         "text_neutral": {"mean": 0.71, "std": 0.02}, "text_neutral_subset": {"mean": 0.66, "std": 0.03}}
     return {
         "title": "koemo on EmotionTTS",
         "meta": {"command": "koemo reproduce --recipe emotiontts --seeds 5", "machine": "2 cores",
@@ -76,7 +78,8 @@ def synthetic_results(tmp_path):
                     "mean": {"weighted_f1": 0.41}, "std": {"weighted_f1": 0.0085}}],
         "table4": [{"asr": "whisper-base", "model": "shallow", "gold": {"mean": 0.4952, "std": 0.0062},
                     "asr_trained": {"mean": 0.4121, "std": 0.01}, "cr": {"mean": 0.4550, "std": 0.009},
-                    "paper": {"asr_trained": 0.4121, "cr": 0.455}}],
+                    "recovered_share": (0.4550 - 0.4121) / (0.4952 - 0.4121), "cr_ece": 0.08,
+                    "cr_calibrated": {"ece": 0.03}, "paper": {"asr_trained": 0.4121, "cr": 0.455}}],
         "asr": [{"condition": "whisper-base", "cer": 0.351, "wer": 0.638, "swer": 0.567, "n": 300}],
         "protocols": [
             {"protocol": "speaker-sentence", "model": "shallow", "mean": {"weighted_f1": 0.50}, "std": {"weighted_f1": 0.02}},
@@ -96,11 +99,12 @@ def test_report_markdown_and_html(tmp_path):
     assert "`koemo reproduce --recipe emotiontts --seeds 5`" in text and "25.0 min" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert ("| shallow | whisper-base-encoder | embeddinggemma-300m | 0.4952 ± 0.0062 | 0.4989 ± 0.0050 "
-            "| 0.4700 ± 0.0100 | 0.4600 ± 0.0110 | 0.4952 |") in rows
-    assert "| text-only | – | fasttext-ko | 0.4100 ± 0.0085 | – | – | – | – |" in rows
-    # Table 4: change vs. Table 3 and points recovered, as the paper prints them
+            "| 0.4700 ± 0.0100 | 0.4600 ± 0.0110 | 0.123 | 1.500 | 0.046 | 0.7100 ± 0.0200 | 0.6600 ± 0.0300 "
+            "| 0.4952 |") in rows
+    assert "| text-only | – | fasttext-ko | 0.4100 ± 0.0085 | – | – | – | – | – | – | – | – | – |" in rows
+    # Table 4: change vs. Table 3, points and share of the drop recovered, calibration of CR
     assert ("| whisper-base | shallow | 0.4952 ± 0.0062 | 0.4121 ± 0.0100 (-8.3) | 0.4550 ± 0.0090 (-4.0) "
-            "| +4.3 | 0.4121 / 0.4550 |") in rows
+            "| +4.3 | 52% | 0.080 / 0.030 | 0.4121 / 0.4550 |") in rows
     assert "| whisper-base | 35.1% | 63.8% | 56.7% | 300 |" in rows
     assert "| stratified | shallow | 0.9000 ± 0.0100 | – | +40.0 |" in rows
     assert "![Confusion matrices](figures/cm.png)" in text
@@ -108,6 +112,21 @@ def test_report_markdown_and_html(tmp_path):
     html = (tmp_path / "REPORT.html").read_text(encoding="utf-8")
     assert '<img src="figures/cm.png"' in html and "<table>" in html and '>0.4952 ± 0.0062</td>' in html
     assert (tmp_path / "figures" / "cm.png").stat().st_size > 0
+
+
+def test_reliability_figure(tmp_path):
+    from koemo.calibration import reliability
+    from koemo.evaluation.plots import plot_reliability
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4) * 0.3, size=200)
+    y = rng.integers(0, 4, 200)
+    r = reliability(probs, y)
+    curve = {"confidence": r.confidence.tolist(), "accuracy": r.accuracy.tolist(), "count": r.count.tolist(),
+             "ece": r.ece}
+    (w, h), kind = image_size(plot_reliability({"title": "t", "raw": curve, "temperature-scaled": curve},
+                                               tmp_path / "rel.png"))
+    assert kind == "PNG" and h > w > 0
 
 
 def test_report_leaves_out_missing_sections():

@@ -144,7 +144,7 @@ def test_model_specs():
 def test_plan_of_the_paper_recipe():
     from koemo.config import resolve_recipe
 
-    plan = make_plan(load_config(Recipe, resolve_recipe("emotiontts")))
+    plan = make_plan(load_config(Recipe, resolve_recipe("emotiontts-paper")))
     keys = {(j.model.key, j.train_text, j.protocol) for j in plan.jobs}
     g = "whisper-base-encoder+embeddinggemma-300m"
     for fusion in ("shallow", "fusion-transformer", "mult"):

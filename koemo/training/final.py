@@ -1,0 +1,116 @@
+"""``koemo train --final``: the shipped model. Cross-validate the recipe (held-out predictions for
+calibration and the model card), train once more on every clip for ``train.epochs``, fit the
+temperature on the held-out predictions, write the bundle's ``MODEL_CARD.md``.
+
+The cross-validation runs the recipe's own protocol (``split``) for ``seeds`` seeds plus the
+text-neutral protocol where the data has one; its fold bundles live in the cache
+(``<cache>/runs/<recipe>/final-cv/``) and are reused by a re-run, as is the final bundle.
+The temperature is fitted on all held-out predictions of the service text; the card's ECE is
+*cross-fitted* (each fold's predictions scaled by the temperature of the other folds), so no
+prediction is calibrated on itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from koemo.config import Recipe
+from koemo.data.splits import Fold
+from koemo.errors import KoemoError
+from koemo.metrics import compute_metrics
+from koemo.paths import cache_root
+from koemo.training import bundle as bundles
+from koemo.training.run import _slug, check_labels, run_folds, training_inputs
+from koemo.training.trainer import FINAL_FOLD
+
+log = logging.getLogger("koemo")
+
+
+def cv_dir(recipe: Recipe) -> Path:
+    return cache_root(recipe.cache_dir) / "runs" / _slug(recipe.name) / "final-cv"
+
+
+def _held_out(outcomes, source: str) -> list:
+    preds = []
+    for o in outcomes:
+        preds += o.result.predictions.get(source, [])
+    return preds
+
+
+def calibration_of(preds: list, labels: list[str]) -> dict[str, Any]:
+    """Temperature fitted on ``preds`` and the cross-fitted scores before and after (see above)."""
+    from koemo.calibration import cross_fitted, ece, fit_temperature, nll
+
+    index = {label: i for i, label in enumerate(labels)}
+    probs = np.array([p.probs for p in preds], dtype=np.float64)
+    y = np.array([index[p.label] for p in preds])
+    groups = [f"{p.seed}/{p.fold}" for p in preds]
+    scaled, _ = cross_fitted(probs, y, groups)
+    return {"temperature": fit_temperature(probs, y), "n": len(preds),
+            "ece_before": ece(probs, y), "nll_before": nll(probs, y),
+            "ece_cross_fitted": ece(scaled, y), "nll_cross_fitted": nll(scaled, y)}
+
+
+def _scores(preds: list, labels: list[str]) -> dict[str, float]:
+    m = compute_metrics([p.label for p in preds], [p.pred for p in preds], labels, [p.probs for p in preds])
+    return {k: round(v, 4) for k, v in m.scalars().items()} | {"n": len(preds)}
+
+
+def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None, seeds: int = 1,
+                progress: bool = True) -> dict[str, Any]:
+    """Cross-validate, train on every clip, calibrate, write the card (module docstring)."""
+    from koemo.data.prepare import load_or_prepare
+    from koemo.data.splits import folds_of
+
+    if recipe.split.valid != "none":
+        raise KoemoError("koemo train --final trains on every clip for train.epochs; use a recipe with "
+                         "split.valid: none, so that its cross-validation ran the same way")
+    out = Path(out)
+    manifest, utts = load_or_prepare(recipe, data_dir)
+    check_labels(recipe, utts)
+    inputs = training_inputs(recipe, utts, manifest, progress)
+    labels = inputs.data.label_list
+    from koemo.sources import TrainingText
+
+    source = TrainingText.parse(recipe.train.text).service_source
+    cv: dict[str, Any] = {}
+    held_out = []
+    for protocol in [recipe.split.protocol] + (["text-neutral"] if recipe.split.protocol != "text-neutral" else []):
+        per_seed = []
+        for seed in range(seeds):
+            r = dataclasses.replace(recipe, split=dataclasses.replace(recipe.split, protocol=protocol, seed=seed),
+                                    train=dataclasses.replace(recipe.train, seed=seed, checkpoint_every=0))
+            try:
+                folds = folds_of(r.split, utts)
+            except KoemoError as e:
+                log.info("final: no %s protocol on this data (%s)", protocol, e)
+                break
+            root = cv_dir(recipe) / protocol / f"seed{seed}"
+            outcomes = run_folds(r, folds, inputs.data, out_for=lambda f, root=root: root / _slug(f.name),
+                                 encoders=inputs.encoders, progress=progress, input_arrays=inputs.input_arrays)
+            preds = _held_out(outcomes, source)
+            per_seed.append(_scores(preds, labels))
+            if protocol == recipe.split.protocol:
+                held_out += preds
+        if per_seed:
+            cv[protocol] = {"source": source, "seeds": per_seed,
+                            "weighted_f1": float(np.mean([s["weighted_f1"] for s in per_seed]))}
+    calibration = calibration_of(held_out, labels)
+    log.info("final: temperature %.3f fitted on %d held-out predictions (cross-fitted ECE %.3f -> %.3f)",
+             calibration["temperature"], calibration["n"], calibration["ece_before"], calibration["ece_cross_fitted"])
+    everything = Fold(FINAL_FOLD, sorted(u.id for u in utts), [], [])
+    run_folds(recipe, [everything], inputs.data, out_for=lambda f: out, encoders=inputs.encoders,
+              progress=progress, input_arrays=inputs.input_arrays)
+    meta = bundles.read_meta(out)
+    meta.update({"calibration": calibration, "cross_validation": cv, "final": True,
+                 "trained_on": {"manifest": str(manifest), "clips": len(utts)}})
+    bundles.update_meta(out, meta)
+    from koemo.training.card import write_card
+
+    write_card(out, recipe, meta)
+    return meta

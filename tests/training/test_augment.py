@@ -1,0 +1,64 @@
+"""Audio augmentation: reproducible copies, each transform doing what it says, keyed in the store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from koemo.config import AugmentConfig
+from koemo.data.manifest import Utterance
+from koemo.errors import KoemoError
+from koemo.training.augment import AudioTransform, check, mask_frames, masked_copies
+from tests.conftest import tone
+
+UTT = Utterance("u1", "x.wav", "happy", "문장", "spk", "g1")
+POOL = (UTT, Utterance("u2", "y.wav", "sad", "다른", "spk", "g2"))
+
+
+def test_each_transform_is_reproducible_and_changes_the_audio():
+    audio = tone(2.0)
+    speed = AudioTransform(AugmentConfig(copies=1, speed=[1.2, 1.2]), 0)
+    faster = speed(UTT, audio)
+    assert len(faster) == pytest.approx(len(audio) / 1.2, rel=0.01)
+    np.testing.assert_array_equal(faster, speed(UTT, audio))
+    louder = AudioTransform(AugmentConfig(copies=1, volume_db=[6.0, 6.0]), 0)(UTT, audio)
+    assert np.abs(louder).max() == pytest.approx(min(1.0, np.abs(audio).max() * 10 ** 0.3), rel=1e-3)
+    noisy = AudioTransform(AugmentConfig(copies=2, noise="white", snr=[10.0, 10.0]), 0)(UTT, audio)
+    snr = 10 * np.log10(np.sum(audio ** 2) / np.sum((noisy - audio) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.5)
+    other = AudioTransform(AugmentConfig(copies=2, noise="white", snr=[10.0, 10.0]), 1)(UTT, audio)
+    assert not np.allclose(noisy, other)  # copy 1 is another draw
+    assert AudioTransform(AugmentConfig(copies=2, noise="white"), 0).key != \
+        AudioTransform(AugmentConfig(copies=2, noise="white"), 1).key
+
+
+def test_bad_settings_are_refused():
+    for cfg, msg in ((AugmentConfig(copies=1), "needs a transform"), (AugmentConfig(speed=[1.1, 0.9]), "low, high"),
+                     (AugmentConfig(frame_mask=1.0), "frame_mask"), (AugmentConfig(speed=[0.0, 1.0]), "positive")):
+        with pytest.raises(KoemoError, match=msg):
+            check(cfg)
+
+
+def test_frame_masking_keeps_a_share_and_at_least_one_frame():
+    rng = np.random.default_rng(0)
+    x = np.arange(1000, dtype=np.float32)[:, None]
+    kept = mask_frames(x, 0.3, rng)
+    assert 600 < len(kept) < 800 and set(kept[:, 0]) <= set(x[:, 0])
+    assert len(mask_frames(x[:1], 0.99, rng)) == 1
+    copies = masked_copies([{"a": x}], 0.5, seed=1)
+    np.testing.assert_array_equal(copies[0]["a"], masked_copies([{"a": x}], 0.5, seed=1)[0]["a"])
+
+
+def test_the_store_keys_copies_by_their_transform(tmp_path, write_wav):
+    from koemo.encoders.store import FeatureStore
+    from tests.experiments.test_reproduce import BandEnergy  # noqa: F401  (registers band-energy)
+
+    wav = write_wav("a.wav", seconds=1.0)
+    utt = Utterance("a", str(wav), "happy", "x", "s", "g")
+    store = FeatureStore(tmp_path / "features")
+    clean = store.speech("band-energy", [utt], progress=False)["a"]
+    t = AudioTransform(AugmentConfig(copies=1, volume_db=[-20.0, -20.0]), 0)
+    quiet = store.speech("band-energy", [utt], progress=False, transform=t)["a"]
+    assert store.extracted == 1 and not np.allclose(clean, quiet)
+    again = store.speech("band-energy", [utt], progress=False, transform=t)["a"]
+    assert store.extracted == 0 and np.array_equal(again, quiet)
