@@ -44,7 +44,7 @@ def test_split_writes_file():
     result = runner.invoke(app, ["data", "split", "--json", "--seed", "3"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output[result.output.index("{"):])
-    assert len(out["folds"]) == 9 and sum(f["test"] for f in out["folds"]) == 300
+    assert len(out["folds"]) == 25 and sum(f["test"] for f in out["folds"]) == 300  # the recipe's 5 x 5 grid
     assert all(f["test_speaker_seen"] == 0 and f["test_sentence_seen"] == 0 for f in out["folds"])
 
 

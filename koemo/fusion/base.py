@@ -20,6 +20,7 @@ attention keys and from pooling.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -188,7 +189,7 @@ class FusionModel(nn.Module):
         if not self.standardised:
             return
         for name, arrays in (("audio", audio), ("text", text)):
-            x = torch.cat([torch.as_tensor(a, dtype=torch.float32).reshape(-1, *getattr(self, f"{name}_mean").shape)
+            x = torch.cat([torch.tensor(np.asarray(a), dtype=torch.float32).reshape(-1, *getattr(self, f"{name}_mean").shape)
                            for a in arrays])
             getattr(self, f"{name}_mean").copy_(x.mean(0))
             getattr(self, f"{name}_sd").copy_(x.std(0, unbiased=False).clamp_min(1e-4))

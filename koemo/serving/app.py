@@ -13,7 +13,7 @@ import binascii
 import logging
 import time
 from importlib import resources
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import anyio
 from fastapi import FastAPI, Request
@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from koemo.errors import BadInputError, KoemoError
 from koemo.serving.limits import Limits, RejectedAudio, decode_audio
 from koemo.serving.predictor import Predictor
-from koemo.serving.sessions import SESSION_ID, Sessions
+from koemo.serving.sessions import NORMALISE_MODES, SESSION_ID, Sessions
 
 log = logging.getLogger("koemo.serving")
 
@@ -206,12 +206,13 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         openapi_extra={"requestBody": _PREDICT_BODY},
         responses={code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()},
     )
-    async def predict(request: Request, session: Optional[str] = None,
-                      normalise: Optional[Literal["speaker", "file", "none"]] = None):
+    async def predict(request: Request, session: Optional[str] = None, normalise: Optional[str] = None):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if session is not None and not SESSION_ID.fullmatch(session):
                 raise RejectedAudio("session", "a session id is 1-64 letters, digits or ._:-", 422)
+            if normalise is not None and normalise not in NORMALISE_MODES:
+                raise RejectedAudio("normalise", f"normalise must be one of {', '.join(NORMALISE_MODES)}", 422)
             if not (
                 ctype in ("multipart/form-data", "application/json", "application/octet-stream")
                 or ctype.startswith(("audio/", "video/"))

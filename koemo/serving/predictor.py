@@ -89,8 +89,9 @@ class Predictor:
         """Classify one recording (16 kHz mono float32).
 
         ``normalise`` (for a bundle trained with speaker normalisation): ``speaker`` standardises
-        the voice by ``session``'s statistics (this recording's added first unless
-        ``update_session`` is False), ``file`` by this recording's own (its utterances), ``none``
+        the voice by ``session``'s statistics (this recording's added first; with
+        ``update_session`` False the session is taken as it is, :meth:`observe` having added the
+        recording already), ``file`` by this recording's own (its utterances), ``none``
         by the training corpus's; groups of too few utterances fall back to the corpus. Default:
         ``speaker`` with a session, else ``file``.
 
@@ -113,8 +114,8 @@ class Predictor:
         if mode != "none" and self.speech_stage.normaliser is not None:
             group = Moments.sum(Moments.of(frames) for _, frames, _ in encoded)
             if mode == "speaker" and session is not None:
-                group = session.add(group) if update_session else (
-                    group if session.moments is None else session.moments + group)
+                # update_session=False: the session already holds this recording (observe() first)
+                group = session.add(group) if update_session else (session.moments or group)
         segments = []
         for span, (transcript, frames, text) in zip(spans, encoded):
             seg = self._classify(transcript, self.speech_stage(frames, group), text, timings)

@@ -36,9 +36,11 @@ def cv_dir(recipe: Recipe) -> Path:
 
 
 def _held_out(outcomes, source: str) -> list:
+    """The folds' test predictions as their bundles store them (also for folds trained just now),
+    so a re-run that reuses the bundles calibrates on exactly the same numbers."""
     preds = []
     for o in outcomes:
-        preds += o.result.predictions.get(source, [])
+        preds += bundles.read_predictions(o.out, source) or []
     return preds
 
 

@@ -25,7 +25,6 @@ own ``split.seed``; ``koemo train --seed S`` sets both).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -42,12 +41,13 @@ from koemo.config import AugmentConfig, Recipe, to_dict
 from koemo.data.labels import resolve_label_set
 from koemo.data.splits import Fold
 from koemo.errors import KoemoError
-from koemo.metrics import Prediction, compute_metrics
+from koemo.metrics import Prediction
 from koemo.sources import TrainingText
 from koemo.training import bundle as bundles
 from koemo.training.data import FeatureData
 from koemo.training.distributed import all_reduce_sums, barrier, dist_info, init_distributed, to_device
 from koemo.training.losses import CRVariant, ce_sum, class_weights, cr_sum
+from koemo.training.steps import accumulate_step, autocast, blank_modalities, predict_proba, score
 
 log = logging.getLogger("koemo")
 
@@ -56,39 +56,6 @@ EpochCallback = Callable[[int, dict], None]
 __all__ = ["FoldPlan", "TrainResult", "accumulate_step", "autocast", "bundle_done", "dist_info",
            "init_distributed", "plan_fold", "predict_proba", "score", "train_fold"]
 bundle_done = bundles.bundle_done
-
-
-def score(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], probs=None) -> dict[str, float]:
-    """Weighted F1 and friends (:mod:`koemo.metrics`)."""
-    return compute_metrics(list(y_true), list(y_pred), list(labels), probs).scalars()
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(device: str, precision: str = "fp32"):
-    """The context the forward passes run in: plain fp32, or bfloat16 autocast (``train.precision``)."""
-    if precision not in PRECISIONS:
-        raise KoemoError(f"train.precision={precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, data: FeatureData, ids: Sequence[str], source: str,
-                  batch_size: int = 64, device: str = "cpu", precision: str = "fp32") -> np.ndarray:
-    """Class probabilities ``[N, C]`` for ``ids`` read with text ``source`` (model in eval mode)."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(ids), batch_size):
-        b = to_device(data.batch([(u, source) for u in ids[i:i + batch_size]]), device)
-        with autocast(device, precision):
-            logits = model(**b)
-        out.append(torch.softmax(logits.float(), dim=-1).cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, len(data.label_list)))
 
 
 @dataclass
@@ -103,37 +70,6 @@ class TrainResult:
     model: nn.Module | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     predictions: dict[str, list] = field(default_factory=dict)  # test, per source (Prediction)
-
-
-def accumulate_step(net: nn.Module, loss_fn: Callable[[Sequence[str]], tuple[torch.Tensor, dict]],
-                    step_ids: Sequence[str], rank: int = 0, world: int = 1, grad_accum: int = 1) -> dict[str, float]:
-    """Backpropagate one optimiser step's worth of examples into ``.grad``.
-
-    This process takes every ``world``-th example of ``step_ids`` and splits its share into
-    ``grad_accum`` micro-batches. ``loss_fn(ids)`` returns a loss *summed* over ``ids``; each is
-    scaled by ``world / len(step_ids)``, so after DDP averages over processes the gradient is the
-    mean over the whole step. A process whose share runs out still does its ``grad_accum``
-    backward passes (a zero-weighted stand-in), as DDP needs the same number everywhere.
-    Gradients are synchronised only on the last micro-batch (``no_sync`` before). Returns the
-    summed loss parts of this process's examples.
-    """
-    shard = list(step_ids[rank::world])
-    micro = [list(m) for m in np.array_split(np.array(shard, dtype=object), grad_accum)]
-    scale = world / len(step_ids)
-    sums: dict[str, float] = {"loss": 0.0}
-    for k, mb in enumerate(micro):
-        factor = scale
-        if not mb:
-            mb, factor = list(step_ids[:1]), 0.0
-        sync = world == 1 or k == len(micro) - 1
-        with contextlib.nullcontext() if sync else net.no_sync():
-            loss, parts = loss_fn(mb)
-            (loss * factor).backward()
-        if factor:
-            sums["loss"] += float(loss.detach())
-            for key, v in parts.items():
-                sums[key] = sums.get(key, 0.0) + v
-    return sums
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,17 +159,6 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _rng_for(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
-
-
-def blank_modalities(batch: dict, text: torch.Tensor, audio: torch.Tensor) -> None:
-    """Blank the rows ``text`` (``audio``) of a padded batch in place: what an empty transcript
-    (silence) gives, one zero vector."""
-    for rows, key in ((text, "text"), (audio, "audio")):
-        if rows.any() and isinstance(batch[key], torch.Tensor):
-            batch[key][rows] = 0
-            mask = batch[f"{key}_mask"]
-            mask[rows] = False
-            mask[rows, 0] = True
 
 
 def _check_settings(tc) -> None:

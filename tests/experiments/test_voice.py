@@ -1,0 +1,89 @@
+"""The text-neutral protocol in the grid, and the shipped model (koemo train --final): held-out
+calibration in the bundle, the model card, and the speech stage predict rebuilds from it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from koemo.config import Recipe, load_config
+from koemo.experiments.reproduce import reproduce
+from tests.experiments.test_reproduce import FREQS, LABELS, WORDS, BandEnergy, CharHash  # noqa: F401 (register)
+
+
+@pytest.fixture
+def voice_recipe(tmp_path):
+    """4 speakers reading emotional sentences (the words give the label away) and 2 speakers
+    reading 2 plain sentences in every emotion (text-neutral); pitch carries the emotion."""
+    rng = np.random.default_rng(0)
+    rows = ["audio,text,label,speaker,group"]
+    (tmp_path / "wav").mkdir()
+    clips = [(s, j, LABELS[j % 4], f"문장{j} {WORDS[LABELS[j % 4]]}", f"sent{j}") for s in range(4) for j in range(8)]
+    clips += [(s, 10 * k + e, LABELS[e], f"평범한 문장 {k}", f"plain{k}") for s in (4, 5) for k in range(2)
+              for e in range(4) for _ in range(2)]
+    for n, (s, j, label, text, group) in enumerate(clips):
+        t = np.arange(8000) / 16000
+        wav = 0.3 * np.sin(2 * np.pi * FREQS[label] * (1 + 0.03 * s) * t) + 0.02 * rng.standard_normal(t.size)
+        name = f"wav/s{s}_{n:03d}.wav"
+        sf.write(tmp_path / name, wav.astype(np.float32), 16000)
+        rows.append(f"{name},{text},{label},spk{s},{group}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    recipe = tmp_path / "voice.yaml"
+    recipe.write_text(f"""
+name: voice
+data: {{dataset: manifest, root: {tmp_path / 'data.csv'}, label_set: emotiontts4}}
+split: {{protocol: speaker-sentence, folds: 2, valid: none}}
+encoders: {{speech: band-energy, text: char-hash, normalise: speaker}}
+model: {{fusion: linear, hidden: 8, heads: 2, dropout: 0.0, standardise: true}}
+train: {{lr: 0.01, epochs: 4, batch_size: 8, text: gold, weight_decay: 0.001}}
+eval:
+  text: gold
+  seeds: 2
+  text_neutral: true
+  table3: [shallow@band-energy+char-hash, linear@band-energy+char-hash]
+""", encoding="utf-8")
+    return load_config(Recipe, recipe)
+
+
+def test_every_row_gets_text_neutral_scores_and_calibration(voice_recipe, tmp_path):
+    doc = reproduce(voice_recipe, tmp_path / "out", progress=False, gradcam=False)
+    for row in doc["table3"]:
+        assert 0 <= row["text_neutral"]["mean"] <= 1 and 0 <= row["text_neutral_subset"]["mean"] <= 1
+        assert 0 <= row["mean"]["ece"] <= 1 and row["mean"]["nll"] > 0
+        assert row["calibrated"]["temperature"] > 0
+    jobs = doc["plan"]["jobs"]
+    assert "linear@band-energy+char-hash.gold.text-neutral" in jobs
+    report = (tmp_path / "out" / "REPORT.md").read_text(encoding="utf-8")
+    assert "text-neutral F1" in report and "figures/reliability.png" in report
+    assert (tmp_path / "out" / "figures" / "reliability.png").stat().st_size > 0
+
+
+def test_the_final_model_carries_its_calibration_card_and_speech_stage(voice_recipe, tmp_path):
+    from koemo.serving.loader import speech_stage_of
+    from koemo.training.bundle import load_bundle
+    from koemo.training.final import train_final
+
+    out = tmp_path / "final"
+    meta = train_final(voice_recipe, out, progress=False)
+    cal = meta["calibration"]
+    assert cal["n"] == 64 and cal["temperature"] > 0 and 0 <= cal["ece_cross_fitted"] <= 1
+    assert set(meta["cross_validation"]) == {"speaker-sentence", "text-neutral"}
+    b = load_bundle(out)
+    assert b.meta["final"] and b.meta["split"]["n_train"] == 64 and b.meta["split"]["fold"] == "all"
+    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "temperature" in card and "text-neutral" in card and "Licences" in card
+    stage = speech_stage_of(b)
+    assert stage.view == "stats" and stage.normaliser.mode == "speaker"
+    np.testing.assert_allclose(stage.normaliser.corpus_mean, b.input_arrays()["corpus_mean"])
+    # a re-run reuses the cross-validation and the final bundle (nothing retrained)
+    again = train_final(voice_recipe, out, progress=False)
+    assert again["calibration"] == cal
+    assert json.loads((out / "bundle.json").read_text())["calibration"]["temperature"] == cal["temperature"]
+    bad = load_config(Recipe, None, ["split.valid=holdout"])
+    from koemo.errors import KoemoError
+
+    with pytest.raises(KoemoError, match="split.valid: none"):
+        train_final(bad, tmp_path / "x", progress=False)

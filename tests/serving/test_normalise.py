@@ -1,0 +1,109 @@
+"""Speaker normalisation in service, without the models: the speech stage a bundle records is
+applied per session, per recording or with the corpus statistics; sessions are kept per id."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from koemo.errors import KoemoError
+from koemo.fusion.inputs import Moments, Normaliser
+from koemo.serving.limits import Limits
+from koemo.serving.predictor import Predictor, SpeechStage
+from koemo.serving.sessions import Session, Sessions
+from tests.serving.conftest import wav_bytes
+
+LABELS = ("neutral", "happy", "sad", "angry")
+
+
+class Recorder:
+    """A classifier that remembers the speech input it was given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, speech, text):
+        self.seen.append(np.asarray(speech))
+        return np.array([0.4, 0.3, 0.2, 0.1]), None
+
+
+class Echo:
+    def transcribe(self, audio):
+        return "문장"
+
+
+def make_predictor(min_clips: int = 2, temperature_probe=None) -> tuple[Predictor, Recorder]:
+    """Frames are the audio itself, 10 samples to a frame of 10 dims: a recording's level is
+    its frames' mean, so what normalisation did is visible in the statistics view."""
+    corpus = Normaliser("speaker", np.full(10, 0.5, np.float32), np.ones(10, np.float32), min_clips)
+    rec = Recorder()
+    p = Predictor(labels=LABELS, asr=Echo(), speech_encoder=lambda a: a[: len(a) // 10 * 10].reshape(-1, 10),
+                  text_encoder=lambda t: np.zeros((1, 4), np.float32), classify=rec,
+                  limits=Limits(segment_over_s=0), speech_stage=SpeechStage("stats", corpus), overlap=False)
+    return p, rec
+
+
+def level(x: float, n: int = 16000) -> np.ndarray:
+    return np.full(n, x, np.float32) + np.random.default_rng(int(x * 100)).normal(0, 0.01, n).astype(np.float32)
+
+
+def test_none_uses_the_corpus_and_file_falls_back_to_it_for_one_utterance():
+    p, rec = make_predictor()
+    p.predict(level(0.2), normalise="none")
+    p.predict(level(0.2), normalise="file")  # one utterance < min_clips: corpus statistics too
+    for seen in rec.seen:
+        np.testing.assert_allclose(seen[0, :10], 0.2 - 0.5, atol=0.01)  # (0.2 - corpus mean) / corpus sd
+
+
+def test_a_session_normalises_by_the_speakers_own_recordings():
+    p, rec = make_predictor(min_clips=2)
+    session = Session()
+    p.predict(level(0.2), session=session)  # first clip: under min_clips, corpus statistics
+    np.testing.assert_allclose(rec.seen[-1][0, :10], -0.3, atol=0.01)
+    p.predict(level(0.6), session=session)  # now 2 clips: mean 0.4, sd 0.2
+    np.testing.assert_allclose(rec.seen[-1][0, :10], (0.6 - 0.4) / 0.2, rtol=0.05)
+    assert session.moments.clips == 2
+    p.predict(level(0.6), session=session, update_session=False)  # a second pass does not count twice
+    assert session.moments.clips == 2
+    other = Session()
+    p.observe(level(0.2), other)
+    p.observe(level(0.6), other)
+    p.predict(level(0.2), session=other, update_session=False)
+    np.testing.assert_allclose(rec.seen[-1][0, :10], (0.2 - 0.4) / 0.2, rtol=0.05)
+    with pytest.raises(KoemoError, match="normalise='voice'"):
+        p.predict(level(0.2), normalise="voice")
+
+
+def test_sessions_are_bounded_and_ids_checked():
+    sessions = Sessions(max_sessions=2)
+    a = sessions.get("call-1")
+    assert sessions.get("call-1") is a
+    sessions.get("call-2")
+    sessions.get("call-3")
+    assert len(sessions) == 2 and sessions.get("call-1") is not a  # the least recently used went
+    from koemo.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="session id"):
+        sessions.get("../etc")
+    m = Moments.of(np.ones((4, 3)))
+    assert a.add(m).clips == 1 and a.add(m).clips == 2
+
+
+def test_the_service_keeps_a_session_per_id():
+    from fastapi.testclient import TestClient
+
+    from koemo.serving.app import create_app
+
+    p, rec = make_predictor(min_clips=2)
+    with TestClient(create_app(p, Limits(segment_over_s=0))) as client:
+        for x in (0.2, 0.6):
+            r = client.post("/v1/predict?session=spk-7", content=wav_bytes(level(x)), headers={"content-type": "audio/wav"})
+            assert r.status_code == 200, r.text
+        np.testing.assert_allclose(rec.seen[-1][0, :10], 1.0, rtol=0.1)  # (0.6 - 0.4) / 0.2
+        r = client.post("/v1/predict?session=spk-7&normalise=none", content=wav_bytes(level(0.6)),
+                        headers={"content-type": "audio/wav"})
+        np.testing.assert_allclose(rec.seen[-1][0, :10], 0.1, atol=0.02)
+        bad = client.post("/v1/predict?session=a/b", content=wav_bytes(level(0.2)), headers={"content-type": "audio/wav"})
+        assert bad.status_code == 422 and "session id" in bad.json()["problem"]
+        odd = client.post("/v1/predict?normalise=voice", content=wav_bytes(level(0.2)), headers={"content-type": "audio/wav"})
+        assert odd.status_code == 422
