@@ -111,3 +111,26 @@ def test_cli_extract_and_list(tmp_path):
     assert '"entries": 2' in res.output
     res = runner.invoke(app, ["features", "extract", "-e", "e5-small", "-t", "asr:nothing", "--limit", "2"])
     assert res.exit_code != 0 and "koemo transcribe" in str(res.exception)
+
+
+def test_an_entry_is_written_to_a_temporary_file_then_renamed(tmp_path, monkeypatch):
+    """A write killed half-way leaves no entry at the final path (the next run recomputes it)."""
+    import numpy as np
+    import pytest
+
+    from koemo.encoders.store import FeatureStore
+
+    target = tmp_path / "ab" / "abcd.npy"
+    real_save = np.save
+
+    def dies_mid_write(f, arr, *a, **kw):
+        f.write(b"\x93NUMPY partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        FeatureStore._write(target, np.ones((3, 2)), "u1")
+    assert not target.exists() and not list(target.parent.glob("*.npy"))
+    monkeypatch.setattr(np, "save", real_save)
+    FeatureStore._write(target, np.ones((3, 2)), "u1")
+    assert np.load(target).shape == (3, 2)

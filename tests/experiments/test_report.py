@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from koemo.evaluation.plots import plot_confusions, plot_modality, plot_snr_curve
@@ -39,6 +37,11 @@ def test_modality_figure(tmp_path):
     per = {"neutral": {"audio": 0.52, "text": 0.48}, "sad": {"audio": 0.3, "text": 0.7}}
     (w, h), kind = image_size(plot_modality(per, tmp_path / "m.png", labels=LABELS))
     assert kind == "PNG" and w > 0 and h > 0
+    # the bars follow the shares: other shares draw another picture of the same size
+    other = {"neutral": {"audio": 0.9, "text": 0.1}, "sad": {"audio": 0.1, "text": 0.9}}
+    plot_modality(other, tmp_path / "o.png", labels=LABELS)
+    with Image.open(tmp_path / "m.png") as a, Image.open(tmp_path / "o.png") as b:
+        assert a.size == b.size and np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).sum() > 0
 
 
 def test_snr_curve_with_clean_point_and_cer_axis(tmp_path):
@@ -132,7 +135,11 @@ def test_reliability_figure(tmp_path):
 def test_report_leaves_out_missing_sections():
     text = render_markdown({"title": "t", "table3": []})
     assert "Table 3" not in text and "Table 4" not in text and "## Commentary" in text
-    assert math.isfinite(1.0)
+    only_asr = render_markdown({"title": "t", "asr": [{"condition": "asr:x", "cer": 0.1, "wer": 0.2, "swer": 0.3,
+                                                       "n": 5}]})
+    assert "## ASR quality" in only_asr and "| asr:x | 10.0% | 20.0% | 30.0% | 5 |" in only_asr
+    assert "## Table 3" not in only_asr and "## Weighted F1 against SNR" not in only_asr
+    assert "## Protocols" not in only_asr and "## Figures" not in only_asr
 
 
 def test_snr_table_orders_clean_first_and_shows_the_cr_gap():

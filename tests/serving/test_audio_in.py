@@ -92,3 +92,43 @@ def test_vad_finds_the_utterances_and_keeps_torch_threads(serving_utts):
     assert total == pytest.approx((len(a) + len(b)) / 16000, rel=0.35)
     assert speech_spans(np.zeros(16000 * 3, np.float32)) == []
     assert speech_spans(np.zeros(0, np.float32)) == []
+
+
+def test_vad_merges_short_pauses_and_caps_utterances_at_12_s(serving_utts):
+    """Two clips 0.3 s apart are one utterance (pause merging); 1.5 s apart, two; six clips with
+    short pauses (~30 s of speech) are cut into utterances no longer than the 12 s cap."""
+    def trimmed(audio):  # the clip's own speech, without its leading and trailing silence
+        spans = speech_spans(audio)
+        return audio[int(spans[0].start * 16000):int(spans[-1].end * 16000)]
+
+    clips = [trimmed(load_audio(u.audio)) for u in serving_utts[:6]]
+    a, b = clips[0], clips[1]
+    assert (len(a) + len(b)) / 16000 < 11.5  # one merged span fits under the cap
+    short, long = np.zeros(4800, np.float32), np.zeros(24000, np.float32)
+    edge = np.zeros(16000, np.float32)
+    merged = speech_spans(np.concatenate([edge, a, short, b, edge]))
+    assert len(merged) == 1
+    apart = speech_spans(np.concatenate([edge, a, long, b, edge]))
+    assert len(apart) == 2 and apart[1].start - apart[0].end > 1.0
+    many = np.concatenate([edge] + [x for c in clips for x in (c, short)] + [edge])
+    spans = speech_spans(many)
+    cap = SegmentConfig().max_segment_s
+    assert len(spans) >= len(many) / 16000 / cap and all(s.end - s.start <= cap + 0.05 for s in spans)
+
+
+def test_a_long_stretch_of_speech_is_cut_at_the_cap(monkeypatch):
+    """Speech with no pause (a detector that hears one voice throughout, cutting only where it is
+    told the utterance is too long, as silero-vad does): every utterance stays under 12 s."""
+    import koemo.serving.segment as segment
+
+    vad = segment._silero()
+
+    def continuous(wav, model, sampling_rate, max_speech_duration_s, **kw):
+        n, step = len(wav), int(min(max_speech_duration_s, 1e6) * sampling_rate)
+        return [{"start": s, "end": min(s + step, n)} for s in range(0, n, step)]
+
+    monkeypatch.setattr(vad, "get_speech_timestamps", continuous)
+    spans = speech_spans(np.zeros(30 * 16000, np.float32) + 0.1)
+    cap = SegmentConfig().max_segment_s
+    assert len(spans) == 3 and all(s.end - s.start <= cap for s in spans)
+    assert spans[0].start == 0.0 and spans[-1].end == 30.0

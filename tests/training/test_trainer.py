@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from koemo.data.splits import Fold
 from koemo.errors import BadInputError, KoemoError, UnknownLabelError
 from koemo.training.bundle import load_bundle
 from koemo.training.data import FeatureData
@@ -285,3 +286,51 @@ def test_fingerprints_are_those_of_the_bundles_already_trained():
     recipe = make_recipe()
     recipe.model.options = {"x": 1}
     assert plan_fold(recipe, fold, data).fingerprint != expected[()]
+
+
+def test_the_trainer_gives_cr_the_golden_path_first():
+    """With lambda 0, consistency regularization is cross-entropy on the golden path alone: the
+    same weights as training on gold text, not as training on the ASR text (a swapped wiring of
+    cr_sum's two logits would train the STT path)."""
+    data, fold = feature_data()
+    kw = dict(epochs=2, dropout=0.0)
+    cr = train_fold(make_recipe(text="cr:fake", cr_lambda=0.0, **kw), fold, data, progress=False).model
+    gold = train_fold(make_recipe(text="gold", **kw), fold, data, progress=False).model
+    asr = train_fold(make_recipe(text="asr:fake", **kw), fold, data, progress=False).model
+    assert_same(cr.state_dict(), gold.state_dict(), atol=1e-5, rtol=1e-4)
+    diff = max((a - b).abs().max().item() for a, b in zip(cr.state_dict().values(), asr.state_dict().values()))
+    assert diff > 1e-3
+    # the KL pulls the STT path towards the golden one: with CE on gold, a lambda > 0 changes training
+    with_kl = train_fold(make_recipe(text="cr:fake", cr_lambda=1.0, **kw), fold, data, progress=False).model
+    assert max((a - b).abs().max().item() for a, b in zip(with_kl.state_dict().values(),
+                                                           gold.state_dict().values())) > 1e-4
+
+
+def test_class_weights_reach_the_loss(monkeypatch):
+    """train.class_weights: the balanced weights of the fold's training labels are what the loss
+    gets, and (lr > 0) they change what is learned on imbalanced data."""
+    import koemo.training.trainer as trainer_module
+    from koemo.training.losses import class_weights
+
+    audio, text, labels = make_data(n=64)
+    ids = sorted(labels)
+    train = [u for u in ids[16:] if labels[u] != "angry" or u.endswith(("3", "7"))]  # angry is rare
+    fold = Fold("f", train, ids[:8], ids[8:16])
+    data = FeatureData(audio, text, labels, LABELS)
+    seen = []
+    real = trainer_module.ce_sum
+
+    def spy(logits, y, cw=None):
+        seen.append(None if cw is None else cw.clone())
+        return real(logits, y, cw)
+
+    monkeypatch.setattr(trainer_module, "ce_sum", spy)
+    weighted = train_fold(make_recipe(epochs=2, class_weights=True, dropout=0.0), fold, data, progress=False)
+    expected = class_weights(data.y(train).tolist(), 4)
+    assert seen and all(w is not None and torch.equal(w, expected) for w in seen)
+    assert expected[LABELS.index("angry")] > 1.5
+    seen.clear()
+    plain = train_fold(make_recipe(epochs=2, class_weights=False, dropout=0.0), fold, data, progress=False)
+    assert seen and all(w is None for w in seen)
+    assert max((a - b).abs().max().item() for a, b in zip(weighted.model.state_dict().values(),
+                                                           plain.model.state_dict().values())) > 1e-4
