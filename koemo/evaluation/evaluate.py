@@ -64,7 +64,17 @@ def predict_bundle(bundle: Path, source: str, data_dir: str | None = None, progr
     if lacking:
         raise KoemoError(f"{lacking[0]}: no '{source}' transcript ({len(lacking)} test clips); "
                          f"run: {TextSource.parse(source).transcribe_command()}")
-    audio, text, _ = load_features(cfg, sel, [source], progress=progress)
+    spec = ((b.meta.get("encoders") or {}).get("speech") or {}).get("input") or {}
+    if (spec.get("normalise") or {}).get("mode", "none") != "none" or spec.get("view", "frames") != "frames" \
+            or int(spec.get("pool", 1)) > 1:
+        # the speech input as training built it: each speaker's clips normalised by all of them
+        from koemo.training.features import speech_input
+
+        frames, _, _ = load_features(cfg, utts, [], progress=progress)
+        _, text, _ = load_features(cfg, sel, [source], progress=progress)
+        audio, _, _ = speech_input(cfg, frames, utts)
+    else:
+        audio, text, _ = load_features(cfg, sel, [source], progress=progress)
     data = FeatureData(audio, text, {u.id: u.label for u in sel}, b.labels)
     data.check(fold.test, [source], "test")
     probs = predict_proba(b.model, data, fold.test, source)

@@ -52,7 +52,7 @@ def feature_data(job: Job, tests: set[str], inputs: Inputs, recipe=None):
             from koemo.training.features import speech_input
 
             key = (job.model.speech, speech_view(recipe.model), recipe.encoders.normalise,
-                   recipe.encoders.normalise_min_clips)
+                   recipe.encoders.normalise_min_clips, recipe.encoders.speech_pool)
             if key not in inputs.views:
                 inputs.views[key] = speech_input(recipe, audio, inputs.utts, inputs.speech_copies.get(job.model.speech, ()))
             audio, copies, spec = inputs.views[key]

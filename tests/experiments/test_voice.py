@@ -58,6 +58,18 @@ def test_every_row_gets_text_neutral_scores_and_calibration(voice_recipe, tmp_pa
     assert "linear@band-energy+char-hash.gold.text-neutral" in jobs
     report = (tmp_path / "out" / "REPORT.md").read_text(encoding="utf-8")
     assert "text-neutral F1" in report and "figures/reliability.png" in report
+    # koemo evaluate recomputes a normalised bundle's predictions exactly as the trainer made them
+    from koemo.evaluation.evaluate import predict_bundle
+    from koemo.experiments.grid import Job, parse_model
+    from koemo.experiments.runner import fold_dir
+    from koemo.training.bundle import read_predictions
+
+    bundle = fold_dir(voice_recipe, Job(parse_model("linear@band-energy+char-hash"), "gold", "speaker-sentence"),
+                      1, "spk0-sent1")
+    stored = read_predictions(bundle, "gold")
+    computed = predict_bundle(bundle, "gold", progress=False)
+    assert [p.id for p in computed] == [p.id for p in stored]
+    np.testing.assert_allclose([p.probs for p in computed], [p.probs for p in stored], atol=1e-4)
     assert (tmp_path / "out" / "figures" / "reliability.png").stat().st_size > 0
 
 
