@@ -29,7 +29,7 @@ def test_a_recipe_states_only_what_it_changes_over_its_base(tmp_path):
     assert paper.name == "emotiontts-paper" and paper.split.folds == 3 and paper.split.valid == "holdout"
     assert demo.name == "emotiontts" and demo.split.folds == 5 and demo.split.valid == "none"
     assert demo.eval.seeds == 1 and demo.eval.snr_values == [] and demo.eval.protocols == []
-    assert demo.eval.text_neutral and demo.eval.table3 == ["linear", "shallow"]
+    assert demo.eval.text_neutral and demo.eval.table3 == ["linear"]
     assert demo.train == main.train and demo.model == main.model  # the rest comes from the base
     assert load_config(Recipe).eval.table3 == []  # no grid hides in Python defaults
     (tmp_path / "mine.yaml").write_text("base: emotiontts\nname: mine\nmodel:\n  options: {stats: meanstd}\n")

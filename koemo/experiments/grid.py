@@ -31,7 +31,6 @@ the folds (``split.seed = s``) and the initialisation (``train.seed = s``).
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -96,8 +95,9 @@ class Job:
 
     @property
     def slug(self) -> str:
-        raw = f"{self.model.key}.{self.train_text}.{self.protocol}"
-        return re.sub(r"[^A-Za-z0-9._@+-]+", "_", raw)
+        from koemo.training.run import job_slug
+
+        return job_slug(self.model.key, self.train_text, self.protocol)
 
     @property
     def stt(self) -> str | None:

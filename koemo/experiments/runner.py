@@ -21,6 +21,7 @@ from koemo.config import Recipe
 from koemo.errors import KoemoError
 from koemo.experiments.grid import Job, Plan
 from koemo.experiments.inputs import Inputs, encoder_meta, feature_data
+from koemo.training.run import runs_root  # noqa: F401  (re-exported: where the fold bundles go)
 
 log = logging.getLogger("koemo")
 
@@ -34,15 +35,6 @@ def job_recipe(plan: Plan, job: Job, seed: int) -> Recipe:
         encoders=replace(r.encoders, speech=job.model.speech or "none", text=job.model.text or "none"),
         train=replace(r.train, text=job.train_text, seed=seed, checkpoint_every=r.eval.checkpoint_every),
     )
-
-
-def runs_root(recipe: Recipe) -> Path:
-    """Where the fold bundles go: ``eval.runs_dir``, else ``<cache>/reproduce/<recipe name>``."""
-    from koemo.paths import cache_root
-
-    if recipe.eval.runs_dir:
-        return Path(recipe.eval.runs_dir).expanduser()
-    return cache_root(recipe.cache_dir) / "reproduce" / recipe.name
 
 
 def fold_dir(recipe: Recipe, job: Job, seed: int, fold: str) -> Path:

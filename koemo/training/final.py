@@ -3,8 +3,9 @@ calibration and the model card), train once more on every clip for ``train.epoch
 temperature on the held-out predictions, write the bundle's ``MODEL_CARD.md``.
 
 The cross-validation runs the recipe's own protocol (``split``) for ``seeds`` seeds plus the
-text-neutral protocol where the data has one; its fold bundles live in the cache
-(``<cache>/runs/<recipe>/final-cv/``) and are reused by a re-run, as is the final bundle.
+text-neutral protocol where the data has one; its fold bundles are those of ``koemo reproduce``
+(the recipe's model and training text under ``<cache>/reproduce/<recipe>/``), so a grid that ran
+them already (``make demo``'s) is read, not retrained, as is the final bundle on a re-run.
 The temperature is fitted on all held-out predictions of the service text; the card's ECE is
 *cross-fitted* (each fold's predictions scaled by the temperature of the other folds), so no
 prediction is calibrated on itself.
@@ -23,16 +24,20 @@ from koemo.config import Recipe
 from koemo.data.splits import Fold
 from koemo.errors import KoemoError
 from koemo.metrics import compute_metrics
-from koemo.paths import cache_root
 from koemo.training import bundle as bundles
-from koemo.training.run import _slug, check_labels, run_folds, training_inputs
+from koemo.sources import TrainingText
+from koemo.training.run import check_labels, job_slug, run_folds, runs_root, training_inputs
 from koemo.training.trainer import FINAL_FOLD
 
 log = logging.getLogger("koemo")
 
 
-def cv_dir(recipe: Recipe) -> Path:
-    return cache_root(recipe.cache_dir) / "runs" / _slug(recipe.name) / "final-cv"
+def cv_dir(recipe: Recipe, protocol: str) -> Path:
+    """The grid's directory of the recipe's model, training text and ``protocol``."""
+    enc, fusion = recipe.encoders, recipe.model.fusion
+    key = {"text-only": f"text-only@{enc.text}", "audio-only": f"audio-only@{enc.speech}"}.get(
+        fusion, f"{fusion}@{enc.speech}+{enc.text}")
+    return runs_root(recipe) / job_slug(key, recipe.train.text, protocol)
 
 
 def _held_out(outcomes, source: str) -> list:
@@ -73,12 +78,13 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
         raise KoemoError("koemo train --final trains on every clip for train.epochs; use a recipe with "
                          "split.valid: none, so that its cross-validation ran the same way")
     out = Path(out)
+    # the canonical training text (cr:B -> cr:asr:B): the grid's folds have the same fingerprint
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(
+        recipe.train, text=str(TrainingText.parse(recipe.train.text))))
     manifest, utts = load_or_prepare(recipe, data_dir)
     check_labels(recipe, utts)
     inputs = training_inputs(recipe, utts, manifest, progress)
     labels = inputs.data.label_list
-    from koemo.sources import TrainingText
-
     source = TrainingText.parse(recipe.train.text).service_source
     cv: dict[str, Any] = {}
     held_out = []
@@ -92,8 +98,8 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
             except KoemoError as e:
                 log.info("final: no %s protocol on this data (%s)", protocol, e)
                 break
-            root = cv_dir(recipe) / protocol / f"seed{seed}"
-            outcomes = run_folds(r, folds, inputs.data, out_for=lambda f, root=root: root / _slug(f.name),
+            root = cv_dir(recipe, protocol) / f"seed{seed}"
+            outcomes = run_folds(r, folds, inputs.data, out_for=lambda f, root=root: root / f.name,
                                  encoders=inputs.encoders, progress=progress, input_arrays=inputs.input_arrays)
             preds = _held_out(outcomes, source)
             per_seed.append(_scores(preds, labels))

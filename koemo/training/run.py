@@ -36,6 +36,19 @@ def default_out(recipe: Recipe) -> Path:
             / _slug(recipe.train.text) / protocol / f"seed{sp.seed}")
 
 
+def runs_root(recipe: Recipe) -> Path:
+    """Where ``koemo reproduce`` keeps its fold bundles: ``eval.runs_dir``, else
+    ``<cache>/reproduce/<recipe name>``; ``koemo train --final`` reads its cross-validation there."""
+    if recipe.eval.runs_dir:
+        return Path(recipe.eval.runs_dir).expanduser()
+    return cache_root(recipe.cache_dir) / "reproduce" / recipe.name
+
+
+def job_slug(model_key: str, train_text: str, protocol: str) -> str:
+    """The directory name of a (model, training text, protocol) under :func:`runs_root`."""
+    return re.sub(r"[^A-Za-z0-9._@+-]+", "_", f"{model_key}.{train_text}.{protocol}")
+
+
 # ---------------------------------------------------------------------------------------------
 # the fold loop
 
