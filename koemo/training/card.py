@@ -29,7 +29,8 @@ DATASETS = {
 def _row(name: str, s: dict[str, Any]) -> str:
     seeds = s.get("seeds") or []
     per = ", ".join(f"{x['weighted_f1']:.3f}" for x in seeds)
-    ece = seeds[0].get("ece") if seeds else None
+    eces = [x["ece"] for x in seeds if x.get("ece") is not None]
+    ece = sum(eces) / len(eces) if eces else None  # the mean of the seeds' ECE, like the report's
     return (f"| {name} | {s.get('source', '')} | {s.get('weighted_f1', float('nan')):.3f} ({per}) | "
             f"{'' if ece is None else f'{ece:.3f}'} |")
 
@@ -64,7 +65,7 @@ def render(recipe: Recipe, meta: dict[str, Any]) -> str:
         "",
         "## Held-out scores (weighted F1 on the service text; per seed in brackets)",
         "",
-        "| protocol | text | weighted F1 | ECE (raw) |",
+        "| protocol | text | weighted F1 | ECE (raw, mean of the seeds) |",
         "|---|---|---|---|",
         *[_row(name, s) for name, s in cv.items()],
         "",
@@ -89,7 +90,8 @@ def render(recipe: Recipe, meta: dict[str, Any]) -> str:
         "",
         "## Licences",
         "- koemo: Apache-2.0",
-        *[f"- {LICENCES[n]}" for n in (enc.speech, enc.text, recipe.asr.backend) if n in LICENCES],
+        *[f"- {x}" for x in dict.fromkeys(LICENCES[n] for n in (enc.speech, enc.text, recipe.asr.backend)
+                                          if n in LICENCES)],
         f"- training data: {DATASETS.get(recipe.data.dataset, 'see the dataset')}",
     ]
     return "\n".join(lines) + "\n"

@@ -323,9 +323,10 @@ class _FoldRun:
         if self.plan.mode == "cr":
             info["train_kl"] = sums["kl"] / n
         self.history.append(info)
-        log.info("%s epoch %d/%d: train loss %.4f, valid weighted F1 %.4f%s (%.1f s)", self.fold.name, epoch + 1,
-                 self.tc.epochs, info["train_loss"], info["valid_weighted_f1"], " (best)" if improved else "",
-                 info["seconds"])
+        scored = (f"valid weighted F1 {info['valid_weighted_f1']:.4f}{' (best)' if improved else ''}" if valid
+                  else "no validation set, the last epoch is kept")
+        log.info("%s epoch %d/%d: train loss %.4f, %s (%.1f s)", self.fold.name, epoch + 1, self.tc.epochs,
+                 info["train_loss"], scored, info["seconds"])
         return info
 
     def meta(self, encoders: dict | None) -> dict[str, Any]:

@@ -114,3 +114,20 @@ def test_the_final_model_carries_its_calibration_card_and_speech_stage(voice_rec
 
     with pytest.raises(KoemoError, match="split.valid: none"):
         train_final(bad, tmp_path / "x", progress=False)
+
+
+def test_the_card_reports_the_seeds_mean_ece_and_each_licence_once():
+    """The card's ECE column is the mean over the seeds (not the first seed's), and a Whisper used
+    as both recogniser and speech encoder is licensed once."""
+    from koemo.cliutil import recipe_from
+    from koemo.training.card import render
+
+    recipe = recipe_from("emotiontts", [])
+    seeds = [{"weighted_f1": 0.8, "ece": 0.02}, {"weighted_f1": 0.9, "ece": 0.06}]
+    meta = {"labels": ["neutral", "happy"], "model": {"fusion": "linear"}, "trained_on": {"clips": 300},
+            "cross_validation": {"speaker-sentence": {"source": "asr:whisper-base", "weighted_f1": 0.85,
+                                                      "seeds": seeds}}}
+    card = render(recipe, meta)
+    row = next(line for line in card.splitlines() if line.startswith("| speaker-sentence"))
+    assert row.endswith("| 0.040 |") and "(0.800, 0.900)" in row
+    assert card.count("Whisper base (OpenAI): MIT") == 1 and "Gemma Terms of Use" in card
