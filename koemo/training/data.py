@@ -63,6 +63,7 @@ class FeatureData:
         self.label_index = {label: i for i, label in enumerate(self.label_list)}
         self._checked: set[tuple[str, str]] = set()
         self._digests: dict[tuple[str, str], bytes] = {}  # (table, utt) -> sha256 of its array
+        self._resident: dict[int, tuple[Mapping, Resident | None]] = {}  # id(table) -> its padded copy
 
     # ------------------------------------------------------------------ checks
     def check(self, ids: Sequence[str], sources: Iterable[str], split: str) -> None:
@@ -113,12 +114,27 @@ class FeatureData:
         """Pad ``[(utt_id, text source), ...]`` into audio/text tensors and boolean masks;
         ``copies[i]`` > 0 reads pair i's speech from augmented copy ``copies[i]``."""
         tables = [self.audio] + self.audio_variants
-        audio, audio_mask = pad([tables[copies[i] if copies else 0][u] for i, (u, _) in enumerate(pairs)])
-        texts = [self.text[s][u] for u, s in pairs]
-        if texts and isinstance(texts[0], str):  # raw strings for a fine-tuned text encoder
-            return {"audio": audio, "audio_mask": audio_mask, "text": texts, "text_mask": None}
-        text, text_mask = pad(texts)
+        audio, audio_mask = self._pad([(tables[copies[i] if copies else 0], u) for i, (u, _) in enumerate(pairs)])
+        if pairs and isinstance(self.text[pairs[0][1]][pairs[0][0]], str):  # raw strings for a fine-tuned text encoder
+            return {"audio": audio, "audio_mask": audio_mask, "text": [self.text[s][u] for u, s in pairs],
+                    "text_mask": None}
+        text, text_mask = self._pad([(self.text[s], u) for u, s in pairs])
         return {"audio": audio, "audio_mask": audio_mask, "text": text, "text_mask": text_mask}
+
+    def _pad(self, items: Sequence[tuple[Mapping, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`pad` of ``table[uid]`` for each item, indexed from each table's resident padded
+        copy when it has one (the same values: zero padding, cut to the batch's longest)."""
+        residents = [self._resident_of(table) for table, _ in items]
+        if items and all(r is not None and r is residents[0] for r in residents):
+            return residents[0].batch([u for _, u in items])
+        return pad([table[u] for table, u in items])
+
+    def _resident_of(self, table: Mapping) -> "Resident | None":
+        entry = self._resident.get(id(table))
+        if entry is None or entry[0] is not table or (entry[1] is not None and len(entry[1].row) != len(table)):
+            entry = (table, Resident.of(table))
+            self._resident[id(table)] = entry
+        return entry[1]
 
     def dims(self, source: str) -> tuple[int, int]:
         def dim(table: Mapping[str, np.ndarray]) -> int:
@@ -156,6 +172,37 @@ class FeatureData:
                         self._digests[(key, uid)] = digest
                     h.update(key.encode() + digest)
         return h.hexdigest()
+
+
+class Resident:
+    """A table's arrays padded once into ``[N, T_max, ...]`` so that a training step indexes a
+    tensor instead of copying every clip again (each batch is cut to its own longest clip, so
+    values and masks equal :func:`pad`'s). Only for tables of arrays within ``BUDGET`` bytes."""
+
+    BUDGET = 512 * 2**20
+
+    def __init__(self, keys: Sequence[str], arrays: Sequence[np.ndarray]):
+        self.tensor, self.mask = pad(arrays)
+        self.lengths = self.mask.sum(dim=1)
+        self.row = {k: i for i, k in enumerate(keys)}
+
+    @classmethod
+    def of(cls, table: Mapping) -> "Resident | None":
+        if isinstance(table, AbsentModality) or not isinstance(table, Mapping) or not len(table):
+            return None
+        keys = list(table)
+        arrays = [table[k] for k in keys]
+        if not all(isinstance(a, np.ndarray) for a in arrays) or len({a.shape[1:] for a in arrays}) != 1:
+            return None  # raw text, lazy or ragged entries: padded per batch
+        t_max = max(max(a.shape[0] for a in arrays), 1)
+        if len(arrays) * t_max * int(np.prod(arrays[0].shape[1:], dtype=np.int64)) * 8 > cls.BUDGET:
+            return None
+        return cls(keys, arrays)
+
+    def batch(self, uids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.tensor([self.row[u] for u in uids], dtype=torch.long)
+        t = max(int(self.lengths[idx].max()), 1)
+        return self.tensor[idx, :t], self.mask[idx, :t]
 
 
 def pad(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

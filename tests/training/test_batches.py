@@ -1,0 +1,54 @@
+"""Batches: the resident padded copy of a table gives exactly what padding each batch gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from koemo.training.data import FeatureData, Resident, pad
+from koemo.training.steps import blank_modalities
+
+
+def _data(rng, n=12):
+    ids = [f"u{i}" for i in range(n)]
+    audio = {u: rng.standard_normal((int(rng.integers(1, 9)), 3, 4)).astype(np.float16) for u in ids}
+    gold = {u: rng.standard_normal((int(rng.integers(1, 5)), 5)).astype(np.float32) for u in ids}
+    asr = {u: rng.standard_normal((int(rng.integers(0, 5)), 5)).astype(np.float32) for u in ids}
+    return ids, FeatureData(audio, {"gold": gold, "asr:x": asr}, {u: "a" for u in ids}, ["a"])
+
+
+def test_resident_batches_equal_padded_batches_and_are_copies():
+    rng = np.random.default_rng(0)
+    ids, data = _data(rng)
+    for trial in range(5):
+        pick = list(rng.choice(ids, size=5, replace=False))
+        pairs = [(u, "gold") for u in pick] + [(u, "asr:x") for u in pick] if trial % 2 else [(u, "gold") for u in pick]
+        got = data.batch(pairs)
+        want_a = pad([data.audio[u] for u, _ in pairs])
+        want_t = pad([data.text[s][u] for u, s in pairs])
+        for key, want in (("audio", want_a), ("text", want_t)):
+            assert got[key].dtype == want[0].dtype == torch.float32
+            torch.testing.assert_close(got[key], want[0], rtol=0, atol=0)
+            assert torch.equal(got[f"{key}_mask"], want[1])
+    resident = data._resident_of(data.audio)
+    assert isinstance(resident, Resident)
+    before = resident.tensor.clone()
+    batch = data.batch([(u, "gold") for u in ids[:4]])
+    blank_modalities(batch, torch.tensor([True, False, False, False]), torch.tensor([False, True, False, False]))
+    assert torch.equal(resident.tensor, before)  # a step's in-place blanking never reaches the copy
+
+
+def test_a_table_over_the_budget_or_grown_is_padded_per_batch(monkeypatch):
+    rng = np.random.default_rng(1)
+    ids, data = _data(rng)
+    monkeypatch.setattr(Resident, "BUDGET", 0)
+    assert data._resident_of(data.audio) is None
+    got = data.batch([(u, "gold") for u in ids[:3]])
+    torch.testing.assert_close(got["audio"], pad([data.audio[u] for u in ids[:3]])[0], rtol=0, atol=0)
+    monkeypatch.setattr(Resident, "BUDGET", 2**30)
+    data._resident.clear()
+    data.batch([(ids[0], "gold")])
+    data.audio["new"] = np.ones((2, 3, 4), np.float32)  # a table that grew is copied again
+    data.text["gold"]["new"] = np.ones((1, 5), np.float32)
+    got = data.batch([("new", "gold")])
+    assert got["audio"].shape == (1, 2, 3, 4) and float(got["audio"].sum()) == 24.0
