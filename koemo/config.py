@@ -136,6 +136,10 @@ class AugmentConfig:
     speed: list[float] | None = None  # e.g. [0.9, 1.1]
     volume_db: list[float] | None = None  # e.g. [-6, 6]
     frame_mask: float = 0.0  # share of each copy's frames left out
+    # 1: one more copy of each clip normalised by the training corpus's statistics instead of its
+    # speaker's (encoders.normalise: speaker only), so the model also learns the input a request
+    # without a session (or a folder of several speakers) gives it
+    corpus_normalised: int = 0
     seed: int = 0
 
 

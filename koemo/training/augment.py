@@ -82,6 +82,8 @@ def check(cfg: AugmentConfig) -> None:
         raise KoemoError(f"augment.speed must be positive, got {cfg.speed}")
     if cfg.copies and not (cfg.noise or cfg.speed or cfg.volume_db or cfg.frame_mask):
         raise KoemoError("augment.copies > 0 needs a transform: noise, speed, volume_db or frame_mask")
+    if cfg.corpus_normalised not in (0, 1):
+        raise KoemoError(f"augment.corpus_normalised must be 0 or 1, got {cfg.corpus_normalised}")
 
 
 def audio_copies(cfg: AugmentConfig, store, encoder: str, utts: Sequence[Utterance], layer=None,

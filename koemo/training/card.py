@@ -99,9 +99,10 @@ def render(recipe: Recipe, meta: dict[str, Any]) -> str:
 
 def _augment(recipe: Recipe) -> str:
     a = recipe.augment
+    corpus = ["a copy normalised by the corpus statistics"] if a.corpus_normalised else []
     if not a.copies:
-        return "none"
-    parts = [f"{a.copies} cop{'y' if a.copies == 1 else 'ies'}"]
+        return ", ".join(corpus) or "none"
+    parts = [f"{a.copies} cop{'y' if a.copies == 1 else 'ies'}", *corpus]
     if a.noise:
         parts.append(f"{a.noise} noise at {a.snr[0]:g}-{a.snr[1]:g} dB")
     if a.speed:

@@ -103,5 +103,8 @@ def speech_input(recipe: Recipe, frames: Mapping[str, np.ndarray], utts: Sequenc
         return frames, list(copies), spec
     speakers = {u.id: u.speaker or u.id for u in utts}
     views = group_views([frames, *copies], speakers, kind, normaliser, pool)
+    if normaliser is not None and recipe.augment.corpus_normalised:
+        corpus_only = Normaliser("none", normaliser.corpus_mean, normaliser.corpus_sd)
+        views += group_views([frames], speakers, kind, corpus_only, pool)
     views = [{u: v.astype(np.float16) for u, v in table.items()} for table in views]
     return views[0], views[1:], spec

@@ -37,7 +37,7 @@ def cv_dir(recipe: Recipe, protocol: str) -> Path:
     enc, fusion = recipe.encoders, recipe.model.fusion
     key = {"text-only": f"text-only@{enc.text}", "audio-only": f"audio-only@{enc.speech}"}.get(
         fusion, f"{fusion}@{enc.speech}+{enc.text}")
-    return runs_root(recipe) / job_slug(key, recipe.train.text, protocol)
+    return runs_root(recipe) / job_slug(key, str(TrainingText.parse(recipe.train.text)), protocol)
 
 
 def _held_out(outcomes, source: str) -> list:

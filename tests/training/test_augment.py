@@ -34,7 +34,8 @@ def test_each_transform_is_reproducible_and_changes_the_audio():
 
 def test_bad_settings_are_refused():
     for cfg, msg in ((AugmentConfig(copies=1), "needs a transform"), (AugmentConfig(speed=[1.1, 0.9]), "low, high"),
-                     (AugmentConfig(frame_mask=1.0), "frame_mask"), (AugmentConfig(speed=[0.0, 1.0]), "positive")):
+                     (AugmentConfig(frame_mask=1.0), "frame_mask"), (AugmentConfig(speed=[0.0, 1.0]), "positive"),
+                     (AugmentConfig(corpus_normalised=2), "corpus_normalised")):
         with pytest.raises(KoemoError, match=msg):
             check(cfg)
 
@@ -62,3 +63,27 @@ def test_the_store_keys_copies_by_their_transform(tmp_path, write_wav):
     assert store.extracted == 1 and not np.allclose(clean, quiet)
     again = store.speech("band-energy", [utt], progress=False, transform=t)["a"]
     assert store.extracted == 0 and np.array_equal(again, quiet)
+
+
+def test_a_corpus_normalised_copy_is_each_clip_under_the_corpus_statistics():
+    """augment.corpus_normalised: one more training copy of every clip, standardised by the whole
+    corpus's statistics (what a request without a session gets), beside the speaker-normalised one."""
+    from koemo.config import Recipe, from_dict
+    from koemo.fusion.inputs import Moments
+    from koemo.training.features import speech_input
+
+    rng = np.random.default_rng(0)
+    utts = [Utterance(f"u{i}", "x.wav", "happy", "", f"spk{i % 2}", "g") for i in range(6)]
+    frames = {u.id: (rng.standard_normal((5, 3)) + 4 * (int(u.speaker[-1]))).astype(np.float32) for u in utts}
+    recipe = from_dict(Recipe, {"encoders": {"normalise": "speaker"}, "model": {"fusion": "linear"},
+                               "augment": {"corpus_normalised": 1}})
+    clean, variants, spec = speech_input(recipe, frames, utts)
+    assert len(variants) == 1
+    mean, sd = Moments.sum(Moments.of(a) for a in frames.values()).mean_sd()
+    for u in utts:
+        x = (frames[u.id] - mean) / sd
+        want = np.concatenate([x.mean(0), x.std(0)])[None]
+        np.testing.assert_allclose(variants[0][u.id].astype(np.float32), want, atol=2e-2)
+        assert not np.allclose(clean[u.id].astype(np.float32), want, atol=0.1)  # the speaker's statistics
+    off = from_dict(Recipe, {"encoders": {"normalise": "speaker"}, "model": {"fusion": "linear"}})
+    assert speech_input(off, frames, utts)[1] == []

@@ -1,0 +1,95 @@
+"""What the shipped model scores when it cannot normalise by the test speaker's own voice.
+
+    python benchmarks/normalise_modes.py                # the table in docs/voice.md
+    python benchmarks/normalise_modes.py --recipe emotiontts --seeds 5 --json out.json
+
+The recipe's models are trained with each speaker's statistics (``encoders.normalise: speaker``).
+In service the speaker is unknown: ``koemo predict DIR`` normalises by every file of the call,
+``POST /v1/predict?session=ID`` by the session's clips, and a lone clip gets the training
+corpus's statistics. This re-scores the recipe's text-neutral fold bundles (``koemo reproduce``
+trained them; one per seed) on their 100 test clips with the speech input grouped four ways:
+
+- ``speaker``: each test speaker's clips together (the protocol's number);
+- ``test set``: all test clips as one group (``koemo predict DIR`` on a folder of several
+  speakers: statistics of the new recording conditions, not of the voice);
+- ``clip + corpus``: each clip alone, so the corpus statistics (what a single request without a
+  session gets);
+- ``raw``: no normalisation at all (what a model trained without it would see; a lower bound).
+
+Weighted F1 on the service text (``eval.text``), mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MODES = ("speaker", "test set", "clip + corpus", "raw")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="emotiontts")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--set", action="append", default=[], help="a recipe override, as koemo's --set")
+    ap.add_argument("--json", help="also write the numbers here")
+    args = ap.parse_args()
+
+    from koemo.cliutil import recipe_from
+    from koemo.data.prepare import load_or_prepare
+    from koemo.fusion.inputs import Moments, Normaliser, group_views
+    from koemo.fusion.registry import speech_view
+    from koemo.metrics import compute_metrics
+    from koemo.training import bundle as bundles
+    from koemo.training.data import FeatureData
+    from koemo.training.features import load_features
+    from koemo.training.final import cv_dir
+    from koemo.training.trainer import predict_proba
+
+    recipe = recipe_from(args.recipe, args.set)
+    source = recipe.eval.text
+    _, utts = load_or_prepare(recipe, None)
+    frames, _, _ = load_features(recipe, utts, [], progress=False)
+    corpus = Normaliser.fit("speaker", Moments.sum(Moments.of(a) for a in frames.values()),
+                            recipe.encoders.normalise_min_clips)
+    kind = speech_view(recipe.model)
+    pool = recipe.encoders.speech_pool if kind == "frames" else 1
+    scores: dict[str, list[float]] = {m: [] for m in MODES}
+    for seed in range(args.seeds):
+        where = cv_dir(recipe, "text-neutral") / f"seed{seed}" / "text-neutral"
+        if not (where / bundles.META).is_file():
+            sys.exit(f"{where}: no bundle; run: koemo reproduce -r {args.recipe} --seeds {args.seeds}")
+        b = bundles.load_bundle(where)
+        test_ids = {p.id for p in bundles.read_predictions(where, source) or []}
+        test = [u for u in utts if u.id in test_ids]
+        ids = [u.id for u in test]
+        _, text, _ = load_features(recipe, test, [source], progress=False)
+        groupings = {
+            "speaker": ({u.id: u.speaker for u in test}, corpus),
+            "test set": ({u: "all" for u in ids}, corpus),
+            "clip + corpus": ({u: u for u in ids}, corpus),
+            "raw": ({u: u for u in ids}, None),
+        }
+        for mode, (groups, normaliser) in groupings.items():
+            audio = {u: v.astype(np.float16)  # as training stores its views
+                     for u, v in group_views([{u: frames[u] for u in ids}], groups, kind, normaliser, pool)[0].items()}
+            data = FeatureData(audio, text, {u.id: u.label for u in test}, b.labels)
+            probs = predict_proba(b.model, data, ids, source)
+            pred = [b.labels[int(p.argmax())] for p in probs]
+            scores[mode].append(compute_metrics([u.label for u in test], pred, b.labels).weighted_f1)
+        print(f"seed {seed}: " + ", ".join(f"{m} {scores[m][-1]:.3f}" for m in MODES), flush=True)
+    print("\n| test-time normalisation | weighted F1 (text-neutral, %d seeds) |\n|---|---:|" % args.seeds)
+    for m in MODES:
+        print(f"| {m} | {np.mean(scores[m]):.3f} ± {np.std(scores[m]):.3f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
