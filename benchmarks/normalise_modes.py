@@ -16,7 +16,7 @@ trained them; one per seed) on their 100 test clips with the speech input groupe
   session gets);
 - ``raw``: no normalisation at all (what a model trained without it would see; a lower bound).
 
-Weighted F1 on the service text (``eval.text``), mean ± std over seeds.
+Weighted F1 on the service text (``eval.text``), mean ± sample standard deviation over seeds.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
         print(f"seed {seed}: " + ", ".join(f"{m} {scores[m][-1]:.3f}" for m in MODES), flush=True)
     print("\n| test-time normalisation | weighted F1 (text-neutral, %d seeds) |\n|---|---:|" % args.seeds)
     for m in MODES:
-        print(f"| {m} | {np.mean(scores[m]):.3f} ± {np.std(scores[m]):.3f} |")
+        print(f"| {m} | {np.mean(scores[m]):.3f} ± {np.std(scores[m], ddof=1):.3f} |")  # as the report
     if args.json:
         Path(args.json).write_text(json.dumps(scores, indent=1), encoding="utf-8")
 
