@@ -55,11 +55,9 @@ class ModelSpec:
 
     @property
     def key(self) -> str:
-        if self.fusion == "text-only":
-            return f"text-only@{self.text}"
-        if self.fusion == "audio-only":
-            return f"audio-only@{self.speech}"
-        return f"{self.fusion}@{self.speech}+{self.text}"
+        from koemo.training.run import model_key
+
+        return model_key(self.fusion, self.speech, self.text)
 
     @property
     def encoders(self) -> str:

@@ -21,7 +21,7 @@ from koemo.config import Recipe
 from koemo.errors import KoemoError
 from koemo.experiments.grid import Job, Plan
 from koemo.experiments.inputs import Inputs, encoder_meta, feature_data
-from koemo.training.run import runs_root  # noqa: F401  (re-exported: where the fold bundles go)
+from koemo.training.run import runs_root
 
 log = logging.getLogger("koemo")
 

@@ -124,9 +124,10 @@ class FeatureData:
     def _pad(self, items: Sequence[tuple[Mapping, str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`pad` of ``table[uid]`` for each item, indexed from each table's resident padded
         copy when it has one (the same values: zero padding, cut to the batch's longest)."""
-        residents = [self._resident_of(table) for table, _ in items]
-        if items and all(r is not None and r is residents[0] for r in residents):
-            return residents[0].batch([u for _, u in items])
+        first = items[0][0] if items else None
+        resident = self._resident_of(first) if items and all(t is first for t, _ in items) else None
+        if resident is not None:
+            return resident.batch([u for _, u in items])
         return pad([table[u] for table, u in items])
 
     def _resident_of(self, table: Mapping) -> "Resident | None":

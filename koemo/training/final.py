@@ -26,7 +26,7 @@ from koemo.errors import KoemoError
 from koemo.metrics import compute_metrics
 from koemo.training import bundle as bundles
 from koemo.sources import TrainingText
-from koemo.training.run import check_labels, job_slug, run_folds, runs_root, training_inputs
+from koemo.training.run import check_labels, job_slug, model_key, run_folds, runs_root, training_inputs
 from koemo.training.trainer import FINAL_FOLD
 
 log = logging.getLogger("koemo")
@@ -34,9 +34,7 @@ log = logging.getLogger("koemo")
 
 def cv_dir(recipe: Recipe, protocol: str) -> Path:
     """The grid's directory of the recipe's model, training text and ``protocol``."""
-    enc, fusion = recipe.encoders, recipe.model.fusion
-    key = {"text-only": f"text-only@{enc.text}", "audio-only": f"audio-only@{enc.speech}"}.get(
-        fusion, f"{fusion}@{enc.speech}+{enc.text}")
+    key = model_key(recipe.model.fusion, recipe.encoders.speech, recipe.encoders.text)
     return runs_root(recipe) / job_slug(key, str(TrainingText.parse(recipe.train.text)), protocol)
 
 

@@ -44,6 +44,15 @@ def runs_root(recipe: Recipe) -> Path:
     return cache_root(recipe.cache_dir) / "reproduce" / recipe.name
 
 
+def model_key(fusion: str, speech: str | None, text: str | None) -> str:
+    """A model's name in the grid: ``fusion@speech+text``, ``text-only@TEXT``, ``audio-only@SPEECH``."""
+    if fusion == "text-only":
+        return f"text-only@{text}"
+    if fusion == "audio-only":
+        return f"audio-only@{speech}"
+    return f"{fusion}@{speech}+{text}"
+
+
 def job_slug(model_key: str, train_text: str, protocol: str) -> str:
     """The directory name of a (model, training text, protocol) under :func:`runs_root`."""
     return re.sub(r"[^A-Za-z0-9._@+-]+", "_", f"{model_key}.{train_text}.{protocol}")

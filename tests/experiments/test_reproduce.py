@@ -317,7 +317,7 @@ def test_only_trains_the_matching_jobs_into_the_grids_runs_dir(tiny_recipe, tmp_
     import dataclasses
 
     import koemo.training.trainer as trainer
-    from koemo.experiments.runner import runs_root
+    from koemo.training.run import runs_root
 
     runs = tmp_path / "h128-runs"
     recipe = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(tiny_recipe.eval, runs_dir=str(runs),
