@@ -41,45 +41,46 @@ def main() -> None:
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args()
 
+    import dataclasses
+
     from koemo.cliutil import recipe_from
     from koemo.data.prepare import load_or_prepare
-    from koemo.fusion.inputs import Moments, Normaliser, group_views
-    from koemo.fusion.registry import speech_view
     from koemo.metrics import compute_metrics
     from koemo.training import bundle as bundles
     from koemo.training.data import FeatureData
-    from koemo.training.features import load_features
+    from koemo.training.features import load_features, speech_input
     from koemo.training.final import cv_dir
     from koemo.training.trainer import predict_proba
 
     recipe = recipe_from(args.recipe, args.set)
+    raw = dataclasses.replace(recipe, encoders=dataclasses.replace(recipe.encoders, normalise="none"))
     source = recipe.eval.text
     _, utts = load_or_prepare(recipe, None)
     frames, _, _ = load_features(recipe, utts, [], progress=False)
-    corpus = Normaliser.fit("speaker", Moments.sum(Moments.of(a) for a in frames.values()),
-                            recipe.encoders.normalise_min_clips)
-    kind = speech_view(recipe.model)
-    pool = recipe.encoders.speech_pool if kind == "frames" else 1
+    # each mode regroups the test clips (a group of one clip gets the corpus statistics) and builds
+    # the speech input the way training does (koemo.training.features.speech_input)
+    group_of = {"speaker": lambda u: u.speaker, "test set": lambda u: "<test set>",
+                "clip + corpus": lambda u: u.id, "raw": lambda u: u.id}
+    views: dict[tuple, dict] = {}
+
+    def speech_of(mode: str, test_ids: frozenset) -> dict:
+        if (mode, test_ids) not in views:
+            regrouped = [dataclasses.replace(u, speaker=group_of[mode](u)) if u.id in test_ids else u for u in utts]
+            views[(mode, test_ids)] = speech_input(raw if mode == "raw" else recipe, frames, regrouped)[0]
+        return views[(mode, test_ids)]
+
     scores: dict[str, list[float]] = {m: [] for m in MODES}
     for seed in range(args.seeds):
         where = cv_dir(recipe, "text-neutral") / f"seed{seed}" / "text-neutral"
         if not (where / bundles.META).is_file():
             sys.exit(f"{where}: no bundle; run: koemo reproduce -r {args.recipe} --seeds {args.seeds}")
         b = bundles.load_bundle(where)
-        test_ids = {p.id for p in bundles.read_predictions(where, source) or []}
+        test_ids = frozenset(p.id for p in bundles.read_predictions(where, source) or [])
         test = [u for u in utts if u.id in test_ids]
         ids = [u.id for u in test]
         _, text, _ = load_features(recipe, test, [source], progress=False)
-        groupings = {
-            "speaker": ({u.id: u.speaker for u in test}, corpus),
-            "test set": ({u: "all" for u in ids}, corpus),
-            "clip + corpus": ({u: u for u in ids}, corpus),
-            "raw": ({u: u for u in ids}, None),
-        }
-        for mode, (groups, normaliser) in groupings.items():
-            audio = {u: v.astype(np.float16)  # as training stores its views
-                     for u, v in group_views([{u: frames[u] for u in ids}], groups, kind, normaliser, pool)[0].items()}
-            data = FeatureData(audio, text, {u.id: u.label for u in test}, b.labels)
+        for mode in MODES:
+            data = FeatureData(speech_of(mode, test_ids), text, {u.id: u.label for u in test}, b.labels)
             probs = predict_proba(b.model, data, ids, source)
             pred = [b.labels[int(p.argmax())] for p in probs]
             scores[mode].append(compute_metrics([u.label for u in test], pred, b.labels).weighted_f1)
