@@ -117,7 +117,10 @@ def load_audio(
         raise BadInputError(where, "zero-length audio (no samples)")
     if not np.all(np.isfinite(audio)):
         raise BadInputError(where, "audio contains NaN or infinite samples")
-    audio = resample(audio, sr)
+    n, audio = audio.size, resample(audio, sr)
+    if audio.size == 0:
+        raise BadInputError(where, f"too short: {n} sample{'s' if n != 1 else ''} at {sr} Hz is less than "
+                                   f"one sample at {SAMPLE_RATE} Hz")
     if not allow_silent and float(np.max(np.abs(audio))) < SILENCE_PEAK:
         raise BadInputError(where, "audio is all silence (peak below -80 dBFS)")
     return audio

@@ -69,3 +69,12 @@ def test_silence(tmp_path):
     with pytest.raises(BadInputError, match="all silence"):
         load_audio(path)
     assert len(load_audio(path, allow_silent=True)) == 8000
+
+
+def test_audio_shorter_than_one_output_sample_is_refused_by_name(tmp_path):
+    """5 samples at 192 kHz resample to no sample at 16 kHz: a clear error, not numpy's."""
+    short = tmp_path / "blip.wav"
+    sf.write(short, np.full(5, 0.5, dtype=np.float32), 192000)
+    with pytest.raises(BadInputError, match=r"blip\.wav: too short: 5 samples at 192000 Hz is less than one "
+                                            r"sample at 16000 Hz"):
+        load_audio(short)
