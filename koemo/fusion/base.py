@@ -33,11 +33,10 @@ def fix_empty(mask: torch.Tensor) -> torch.Tensor:
     Attention over zero keys is undefined (NaN); an empty ASR transcript must still give an answer.
     """
     mask = mask.bool()
-    empty = ~mask.any(dim=1)
-    if empty.any():
-        mask = mask.clone()
-        mask[empty, 0] = True
-    return mask
+    first = torch.zeros_like(mask)
+    first[:, :1] = True
+    # no branch on the data: the folds trained together (torch.func.vmap) run this too
+    return mask | (first & ~mask.any(dim=1, keepdim=True))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -149,6 +148,10 @@ class FusionModel(nn.Module):
     speech_view: str = "frames"
     #: a pooled head: ``model.pooling: stats`` makes it read clip statistics
     pooled: bool = False
+    #: the head reads only the masked mean of the text vectors: :meth:`prepare` averages them
+    #: first (standardising the mean equals averaging the standardised vectors, and a training
+    #: step then touches one vector per clip instead of every token's)
+    text_mean_only: bool = False
 
     def __init__(self, audio_dim: int, text_dim: int, n_labels: int, hidden: int = 768,
                  heads: int = 8, layers: int = 1, dropout: float = 0.1):
@@ -203,6 +206,10 @@ class FusionModel(nn.Module):
     def prepare(self, audio, audio_mask, text, text_mask):
         """What every entry point does before ``embed``: inputs standardised, layers mixed, empty
         rows fixed, speech frames pooled. Returns (audio, audio_mask, text, text_mask)."""
+        if self.text_mean_only and text.shape[1] != 1:
+            text_mask = fix_empty(text_mask)
+            text = masked_mean(text, text_mask).unsqueeze(1)
+            text_mask = text_mask[:, :1] | True
         if self.standardised:
             audio = (audio - self.audio_mean) / self.audio_sd
             text = (text - self.text_mean) / self.text_sd

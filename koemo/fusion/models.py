@@ -75,6 +75,7 @@ class ShallowFusion(FusionModel):
     :mod:`koemo.fusion.inputs`, so ``audio_dim`` is twice the encoder's)."""
 
     pooled = True
+    text_mean_only = True
 
     def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
         super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)
@@ -101,6 +102,7 @@ class LinearProbe(FusionModel):
     text vector, the same features the pooled heads read."""
 
     speech_view = "stats"
+    text_mean_only = True
 
     def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
         super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)

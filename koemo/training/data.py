@@ -63,7 +63,7 @@ class FeatureData:
         self.label_index = {label: i for i, label in enumerate(self.label_list)}
         self._checked: set[tuple[str, str]] = set()
         self._digests: dict[tuple[str, str], bytes] = {}  # (table, utt) -> sha256 of its array
-        self._resident: dict[int, tuple[Mapping, Resident | None]] = {}  # id(table) -> its padded copy
+        self._resident: dict[tuple[int, bool], tuple[Mapping, Resident | None]] = {}  # (id(table), means) -> padded copy
 
     # ------------------------------------------------------------------ checks
     def check(self, ids: Sequence[str], sources: Iterable[str], split: str) -> None:
@@ -110,31 +110,50 @@ class FeatureData:
     def y(self, ids: Sequence[str]) -> torch.Tensor:
         return torch.tensor([self.label_index[self.labels[u]] for u in ids], dtype=torch.long)
 
-    def batch(self, pairs: Sequence[tuple[str, str]], copies: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    def batch(self, pairs: Sequence[tuple[str, str]], copies: Sequence[int] | None = None,
+              text_means: bool = False) -> dict[str, torch.Tensor]:
         """Pad ``[(utt_id, text source), ...]`` into audio/text tensors and boolean masks;
-        ``copies[i]`` > 0 reads pair i's speech from augmented copy ``copies[i]``."""
+        ``copies[i]`` > 0 reads pair i's speech from augmented copy ``copies[i]``;
+        ``text_means``: each text as the mean of its vectors (``[B, 1, D]``, a zero vector for
+        none), for a head that reads nothing else (``FusionModel.text_mean_only``)."""
         tables = [self.audio] + self.audio_variants
         audio, audio_mask = self._pad([(tables[copies[i] if copies else 0], u) for i, (u, _) in enumerate(pairs)])
         if pairs and isinstance(self.text[pairs[0][1]][pairs[0][0]], str):  # raw strings for a fine-tuned text encoder
             return {"audio": audio, "audio_mask": audio_mask, "text": [self.text[s][u] for u, s in pairs],
                     "text_mask": None}
-        text, text_mask = self._pad([(self.text[s], u) for u, s in pairs])
+        text, text_mask = self._pad([(self.text[s], u) for u, s in pairs], means=text_means)
         return {"audio": audio, "audio_mask": audio_mask, "text": text, "text_mask": text_mask}
 
-    def _pad(self, items: Sequence[tuple[Mapping, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`pad` of ``table[uid]`` for each item, indexed from each table's resident padded
-        copy when it has one (the same values: zero padding, cut to the batch's longest)."""
-        first = items[0][0] if items else None
-        resident = self._resident_of(first) if items and all(t is first for t, _ in items) else None
-        if resident is not None:
-            return resident.batch([u for _, u in items])
-        return pad([table[u] for table, u in items])
+    def _pad(self, items: Sequence[tuple[Mapping, str]], means: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`pad` of ``table[uid]`` (``means``: of its mean vector) for each item, indexed
+        from each table's resident padded copy when it has one (the same values: zero padding,
+        cut to the batch's longest)."""
+        rows: dict[int, list[int]] = {}  # id(table) -> positions of its items
+        for i, (table, _) in enumerate(items):
+            rows.setdefault(id(table), []).append(i)
+        residents = {key: self._resident_of(items[pos[0]][0], means) for key, pos in rows.items()}
+        if not items or any(r is None for r in residents.values()):
+            return pad([mean_vector(table[u]) if means else table[u] for table, u in items])
+        if len(rows) == 1:
+            return next(iter(residents.values())).batch([u for _, u in items])
+        # clean and augmented speech mixed in one batch: each table's rows from its own padded copy
+        parts = {key: residents[key].batch([items[i][1] for i in pos]) for key, pos in rows.items()}
+        t = max(x.shape[1] for x, _ in parts.values())
+        first = next(iter(parts.values()))[0]
+        out = first.new_zeros((len(items), t) + tuple(first.shape[2:]))
+        mask = torch.zeros((len(items), t), dtype=torch.bool)
+        for key, pos in rows.items():
+            x, m = parts[key]
+            out[pos, : x.shape[1]] = x
+            mask[pos, : m.shape[1]] = m
+        return out, mask
 
-    def _resident_of(self, table: Mapping) -> "Resident | None":
-        entry = self._resident.get(id(table))
+    def _resident_of(self, table: Mapping, means: bool = False) -> "Resident | None":
+        key = (id(table), means)
+        entry = self._resident.get(key)
         if entry is None or entry[0] is not table or (entry[1] is not None and len(entry[1].row) != len(table)):
-            entry = (table, Resident.of(table))
-            self._resident[id(table)] = entry
+            entry = (table, Resident.of(table, means))
+            self._resident[key] = entry
         return entry[1]
 
     def dims(self, source: str) -> tuple[int, int]:
@@ -188,13 +207,16 @@ class Resident:
         self.row = {k: i for i, k in enumerate(keys)}
 
     @classmethod
-    def of(cls, table: Mapping) -> "Resident | None":
+    def of(cls, table: Mapping, means: bool = False) -> "Resident | None":
+        """The padded copy of ``table`` (``means``: of each entry's mean vector)."""
         if isinstance(table, AbsentModality) or not isinstance(table, Mapping) or not len(table):
             return None
         keys = list(table)
         arrays = [table[k] for k in keys]
         if not all(isinstance(a, np.ndarray) for a in arrays) or len({a.shape[1:] for a in arrays}) != 1:
             return None  # raw text, lazy or ragged entries: padded per batch
+        if means:
+            arrays = [mean_vector(a) for a in arrays]
         t_max = max(max(a.shape[0] for a in arrays), 1)
         if len(arrays) * t_max * int(np.prod(arrays[0].shape[1:], dtype=np.int64)) * 8 > cls.BUDGET:
             return None
@@ -204,6 +226,13 @@ class Resident:
         idx = torch.tensor([self.row[u] for u in uids], dtype=torch.long)
         t = max(int(self.lengths[idx].max()), 1)
         return self.tensor[idx, :t], self.mask[idx, :t]
+
+
+def mean_vector(a: np.ndarray) -> np.ndarray:
+    """``[T, D]`` -> its mean ``[1, D]`` (float32); no vectors -> one zero vector, what padding an
+    empty entry and fixing its mask gives (:func:`koemo.fusion.base.fix_empty`)."""
+    a = np.asarray(a, dtype=np.float32)
+    return a.mean(axis=0, keepdims=True) if a.shape[0] else np.zeros((1,) + a.shape[1:], np.float32)
 
 
 def pad(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,8 +41,9 @@ def predict_proba(model: nn.Module, data: FeatureData, ids: Sequence[str], sourc
     was_training = model.training
     model.eval()
     out = []
+    means = bool(getattr(getattr(model, "fusion", model), "text_mean_only", False))
     for i in range(0, len(ids), batch_size):
-        b = to_device(data.batch([(u, source) for u in ids[i:i + batch_size]]), device)
+        b = to_device(data.batch([(u, source) for u in ids[i:i + batch_size]], text_means=means), device)
         with autocast(device, precision):
             logits = model(**b)
         out.append(torch.softmax(logits.float(), dim=-1).cpu())

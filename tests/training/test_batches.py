@@ -52,3 +52,33 @@ def test_a_table_over_the_budget_or_grown_is_padded_per_batch(monkeypatch):
     data.text["gold"]["new"] = np.ones((1, 5), np.float32)
     got = data.batch([("new", "gold")])
     assert got["audio"].shape == (1, 2, 3, 4) and float(got["audio"].sum()) == 24.0
+
+
+def test_text_means_give_a_mean_only_head_what_every_token_gives_it():
+    """Batches of mean text vectors (``text_means``) predict what the tokens predict, for the
+    heads that read the mean only; an entry without vectors is a zero vector either way."""
+    from koemo.config import ModelConfig
+    from koemo.fusion import build_from_config
+
+    rng = np.random.default_rng(2)
+    ids, data = _data(rng)
+    data.text["asr:x"][ids[0]] = np.zeros((0, 5), np.float32)  # an empty transcript
+    pairs = [(u, "asr:x") for u in ids]
+    tokens, means = data.batch(pairs), data.batch(pairs, text_means=True)
+    assert means["text"].shape == (len(ids), 1, 5) and bool(means["text_mask"].all())
+    for i, u in enumerate(ids):
+        want = data.text["asr:x"][u].mean(0) if len(data.text["asr:x"][u]) else np.zeros(5)
+        np.testing.assert_allclose(means["text"][i, 0].numpy(), want, rtol=1e-6, atol=1e-6)
+    torch.manual_seed(0)
+    for fusion in ("linear", "shallow"):
+        model = build_from_config(ModelConfig(fusion=fusion, hidden=8, standardise=True, pooling="stats"), 4, 5, 3, 3)
+        assert model.text_mean_only
+        model.fit_standardiser([a.mean(0, keepdims=True) for a in data.audio.values()],
+                               list(data.text["gold"].values()))
+        model.eval()
+        stats = {k: v for k, v in tokens.items()}
+        stats["audio"], stats["audio_mask"] = tokens["audio"].mean(1, keepdim=True), tokens["audio_mask"][:, :1] | True
+        with torch.no_grad():
+            a = model(stats["audio"], stats["audio_mask"], tokens["text"], tokens["text_mask"])
+            b = model(stats["audio"], stats["audio_mask"], means["text"], means["text_mask"])
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
