@@ -124,6 +124,10 @@ class TrainConfig:
     # fp32 | bf16: bf16 runs the forward passes under autocast (matmuls in bfloat16, weights,
     # optimiser and losses in fp32); ~1.6x faster on CPUs with AVX512-BF16 (benchmarks/bench_training.py)
     precision: str = "fp32"
+    # train the folds of a grid row together as one stacked model (torch.func.vmap), each fold with
+    # its own weights, optimiser state, batches and draws (koemo.training.stacked); folds with a
+    # validation set, bf16, several processes or end-to-end encoders train one at a time
+    stack_folds: bool = True
 
 
 @dataclass

@@ -49,19 +49,48 @@ class CRVariant:
             raise KoemoError(f"train.cr_lambda must be >= 0, got {self.lam}")
 
 
+def ce_per_example(logits: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(Optionally class-weighted) cross-entropy of each example. ``class_weight``: ``[C]``, or
+    ``[N, C]`` with one row per example (folds trained together, each with its own weights)."""
+    per = F.cross_entropy(logits, y, reduction="none")
+    if class_weight is None:
+        return per
+    if class_weight.dim() == 1:
+        return per * class_weight[y]
+    return per * class_weight.gather(1, y.unsqueeze(1)).squeeze(1)
+
+
 def ce_sum(logits: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over the batch of (optionally class-weighted) cross-entropy."""
-    per = F.cross_entropy(logits, y, reduction="none")
-    if class_weight is not None:
-        per = per * class_weight[y]
-    return per.sum()
+    return ce_per_example(logits, y, class_weight).sum()
+
+
+def kl_per_example(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) of each example, with p, q the softmax of the logits."""
+    log_p = F.log_softmax(logits_p, dim=-1)
+    log_q = F.log_softmax(logits_q, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
 def kl_sum(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """Sum over the batch of KL(p || q) with p, q the softmax of the logits."""
-    log_p = F.log_softmax(logits_p, dim=-1)
-    log_q = F.log_softmax(logits_q, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum()
+    return kl_per_example(logits_p, logits_q).sum()
+
+
+def cr_per_example(
+    logits_gold: torch.Tensor,
+    logits_stt: torch.Tensor,
+    y: torch.Tensor,
+    variant: CRVariant = CRVariant(),
+    class_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of the objective for each example: ``(CE, KL)``; the loss is
+    ``CE + variant.lam * KL``."""
+    ce_logits = logits_gold if variant.ce_path == "gold" else logits_stt
+    ce = ce_per_example(ce_logits, y, class_weight)
+    gold = logits_gold.detach() if variant.detach_target else logits_gold
+    kl = kl_per_example(gold, logits_stt) if variant.kl == "gold||stt" else kl_per_example(logits_stt, gold)
+    return ce, kl
 
 
 def cr_sum(
@@ -72,13 +101,7 @@ def cr_sum(
     class_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``CE + lambda * KL`` summed over the batch, and its parts (as floats) for logging."""
-    ce_logits = logits_gold if variant.ce_path == "gold" else logits_stt
-    ce = ce_sum(ce_logits, y, class_weight)
-    gold = logits_gold.detach() if variant.detach_target else logits_gold
-    if variant.kl == "gold||stt":
-        kl = kl_sum(gold, logits_stt)
-    else:
-        kl = kl_sum(logits_stt, gold)
+    ce, kl = (t.sum() for t in cr_per_example(logits_gold, logits_stt, y, variant, class_weight))
     total = ce + variant.lam * kl
     return total, {"ce": float(ce.detach()), "kl": float(kl.detach())}
 

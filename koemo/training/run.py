@@ -91,13 +91,30 @@ def run_folds(
     A fold whose directory already holds a complete bundle with the same fingerprint (recipe,
     fold and data) is not retrained (``reuse``); its result is read from the bundle when
     ``load_reused``. ``model_for(fold)`` gives a fresh model per fold (end-to-end training);
-    ``on_fold`` runs after each fold."""
+    ``on_fold`` runs after each fold.
+
+    The folds still to train whose plan says ``stacked`` train together first
+    (:mod:`koemo.training.stacked`); the others one at a time, in order."""
+    outs = [out_for(fold) for fold in folds]
+    plans = [trainer.plan_fold(recipe, fold, data) for fold in folds]
+    reused = [reuse and out is not None and model_for is None and bundles.bundle_done(out, plan.fingerprint)
+              for out, plan in zip(outs, plans)]
+    stack = [i for i, plan in enumerate(plans) if plan.stacked and not reused[i] and model_for is None]
+    stacked: dict[int, TrainResult] = {}
+    if stack:
+        from koemo.training.stacked import train_stacked
+
+        results = train_stacked(recipe, [folds[i] for i in stack], data, [plans[i] for i in stack],
+                                [outs[i] for i in stack], encoders=encoders, input_arrays=input_arrays,
+                                progress=progress)
+        stacked = dict(zip(stack, results))
     outcomes = []
-    for fold in folds:
-        out = out_for(fold)
-        plan = trainer.plan_fold(recipe, fold, data)
-        if reuse and out is not None and model_for is None and bundles.bundle_done(out, plan.fingerprint):
+    for i, fold in enumerate(folds):
+        out, plan = outs[i], plans[i]
+        if reused[i]:
             outcome = FoldOutcome(fold, out, False, result_from_bundle(out) if load_reused else None)
+        elif i in stacked:
+            outcome = FoldOutcome(fold, out, True, stacked[i])
         else:
             model = model_for(fold) if model_for else None
             res = trainer.train_fold(recipe, fold, data, model=model, out_dir=out, encoders=encoders,

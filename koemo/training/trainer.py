@@ -83,12 +83,29 @@ FINGERPRINT_NEUTRAL = {
     ("split", "valid"): "holdout", ("encoders", "normalise"): "none", ("encoders", "normalise_min_clips"): 3,
     ("train", "text_dropout"): 0.0, ("train", "audio_dropout"): 0.0, ("model", "layer_mix"): "weighted",
     ("model", "pooling"): "mean", ("encoders", "speech_pool"): 1,
-    ("augment", None): to_dict(AugmentConfig()),
+    ("augment", None): to_dict(AugmentConfig()), ("train", "stack_folds"): False,
 }
 
 
 #: the fold of a model trained on every clip (no validation, no test)
 FINAL_FOLD = "all"
+
+
+def stack_refusal(recipe: Recipe, fold: Fold, world: int = 1) -> str | None:
+    """Why ``fold`` trains alone rather than stacked with the other folds of its row
+    (:mod:`koemo.training.stacked`); ``None`` when it can be stacked."""
+    tc = recipe.train
+    if not tc.stack_folds:
+        return "train.stack_folds is off"
+    if world > 1:
+        return "data-parallel processes"
+    if recipe.encoders.finetune:
+        return "end-to-end encoders"
+    if fold.valid:
+        return "a validation set picks its epoch"
+    if tc.precision != "fp32":
+        return f"train.precision={tc.precision}"
+    return None
 
 
 def _fingerprint(cfg: dict, fold: Fold, data_hash: str, world: int) -> str:
@@ -124,10 +141,13 @@ class FoldPlan:
     config: dict[str, Any]
     data_hash: str
     fingerprint: str
+    stacked: bool = False  # trained together with the other folds of its row (stack_refusal)
 
 
-def plan_fold(recipe: Recipe, fold: Fold, data: FeatureData) -> FoldPlan:
-    """Check the data covers the fold (clear errors, with the utterance id) and fingerprint it."""
+def plan_fold(recipe: Recipe, fold: Fold, data: FeatureData, stack: bool = True) -> FoldPlan:
+    """Check the data covers the fold (clear errors, with the utterance id) and fingerprint it.
+    ``stack``: the caller trains stackable folds together (:func:`koemo.training.run.run_folds`);
+    ``False``: this fold trains alone whatever :func:`stack_refusal` says."""
     tc = recipe.train
     text = TrainingText.parse(tc.text)
     variant = CRVariant(tc.cr_lambda, tc.cr_ce_path, tc.cr_kl, tc.cr_detach_target) if text.mode == "cr" else None
@@ -148,9 +168,12 @@ def plan_fold(recipe: Recipe, fold: Fold, data: FeatureData) -> FoldPlan:
     data_hash = data.data_hash([(fold.train, train_sources), (fold.valid, [valid_source]),
                                 (fold.test, test_sources)])
     cfg_dict = to_dict(recipe)
-    fingerprint = _fingerprint(cfg_dict, fold, data_hash, dist_info()[1])
+    world = dist_info()[1]
+    stacked = stack and stack_refusal(recipe, fold, world) is None
+    cfg_dict["train"]["stack_folds"] = stacked  # what happens, so a fold trained alone keeps its fingerprint
+    fingerprint = _fingerprint(cfg_dict, fold, data_hash, world)
     return FoldPlan(text.mode, None if text.stt is None else str(text.stt), variant, labels, train_sources,
-                    valid_source, test_sources, cfg_dict, data_hash, fingerprint)
+                    valid_source, test_sources, cfg_dict, data_hash, fingerprint, stacked)
 
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -159,6 +182,11 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _rng_for(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """torch's seed for an epoch's random draws (modality dropout, copies, dropout)."""
+    return seed * 1_000_003 + epoch * 7919 + rank
 
 
 def _check_settings(tc) -> None:
@@ -194,6 +222,8 @@ class _FoldRun:
         self.start_epoch, self.history = 0, []
         self.best: dict[str, Any] = {"f1": -1.0, "epoch": 0, "state": None, "bad": 0}
         self.net: nn.Module = model
+        #: the head reads the mean text vector only: batches carry it instead of every token's
+        self.text_means = bool(getattr(getattr(model, "fusion", model), "text_mean_only", False))
 
     # ---- 3. resume
     def resume(self) -> None:
@@ -237,12 +267,10 @@ class _FoldRun:
         """The loss summed over ``ids``: CE on the training text, or CE + lambda * KL (``cr``)."""
         data, plan = self.data, self.plan
         y = data.y(ids).to(self.device)
-        drop = self.modality_drops(ids)
-        # each example reads its clean features or one augmented copy (the same on both cr paths)
-        copy = torch.randint(0, 1 + len(data.audio_variants), (len(ids),)).tolist() if data.audio_variants else None
+        drop, copy = self.draws(len(ids))
 
         def forward(pairs):  # under train.precision; the losses see fp32 logits
-            batch = data.batch(pairs, copy * (len(pairs) // len(ids)) if copy else None)
+            batch = data.batch(pairs, copy * (len(pairs) // len(ids)) if copy else None, self.text_means)
             if drop is not None:
                 repeat = len(pairs) // len(ids)  # the cr mode's two paths drop the same modalities
                 blank_modalities(batch, drop[0].repeat(repeat), drop[1].repeat(repeat))
@@ -256,24 +284,32 @@ class _FoldRun:
         loss = ce_sum(forward([(u, plan.train_sources[0]) for u in ids]), y, self.cw)
         return loss, {"ce": float(loss.detach())}
 
-    def modality_drops(self, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Which examples lose their text / their audio this step (``train.text_dropout``,
-        ``train.audio_dropout``); never both. Drawn from torch's generator (seeded per epoch)."""
-        tc = self.tc
+    def draws(self, n: int, generator: torch.Generator | None = None
+              ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[int] | None]:
+        """The random choices of a step of ``n`` examples, from ``generator`` (default: torch's,
+        seeded per epoch): which examples lose their text / their audio (``train.text_dropout``,
+        ``train.audio_dropout``; never both), and which speech each reads: its clean features (0)
+        or augmented copy k (the same on both cr paths)."""
+        tc, variants = self.tc, len(self.data.audio_variants)
         reads = getattr(getattr(self.model, "fusion", self.model), "modalities", ("audio", "text"))
-        if not (tc.text_dropout or tc.audio_dropout) or len(reads) < 2:  # a single-modal model keeps its one input
-            return None
-        n = len(ids)
-        text = torch.rand(n) < tc.text_dropout
-        audio = (torch.rand(n) < tc.audio_dropout) & ~text
-        return text, audio
+        drop = None
+        if (tc.text_dropout or tc.audio_dropout) and len(reads) > 1:  # a single-modal model keeps its one input
+            text = torch.rand(n, generator=generator) < tc.text_dropout
+            audio = (torch.rand(n, generator=generator) < tc.audio_dropout) & ~text
+            drop = text, audio
+        copy = torch.randint(0, 1 + variants, (n,), generator=generator).tolist() if variants else None
+        return drop, copy
+
+    def order(self, epoch: int) -> list[str]:
+        """The epoch's shuffle of the training clips (seed and epoch only: resumable)."""
+        return [self.fold.train[i] for i in _rng_for(self.tc.seed, epoch).permutation(len(self.fold.train))]
 
     def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
         from tqdm.auto import tqdm
 
         tc, fold = self.tc, self.fold
-        order = [fold.train[i] for i in _rng_for(tc.seed, epoch).permutation(len(fold.train))]
-        torch.manual_seed(tc.seed * 1_000_003 + epoch * 7919 + self.rank)  # dropout, per epoch and rank
+        order = self.order(epoch)
+        torch.manual_seed(epoch_seed(tc.seed, epoch, self.rank))  # dropout, per epoch and rank
         self.net.train()
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
         steps = (len(fold.train) + tc.batch_size - 1) // tc.batch_size
@@ -315,18 +351,23 @@ class _FoldRun:
                              "state": _state_copy(self.model), "bad": 0}
             else:
                 best["bad"] += 1
-        n = max(1, len(self.fold.train))
-        info = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
-                "valid_weighted_f1": valid.get("weighted_f1", float("nan")),
-                "valid_accuracy": valid.get("accuracy", float("nan")),
-                "seconds": round(time.perf_counter() - t0, 3)}
-        if self.plan.mode == "cr":
-            info["train_kl"] = sums["kl"] / n
-        self.history.append(info)
+        info = self.record(epoch, sums, time.perf_counter() - t0, valid)
         scored = (f"valid weighted F1 {info['valid_weighted_f1']:.4f}{' (best)' if improved else ''}" if valid
                   else "no validation set, the last epoch is kept")
         log.info("%s epoch %d/%d: train loss %.4f, %s (%.1f s)", self.fold.name, epoch + 1, self.tc.epochs,
                  info["train_loss"], scored, info["seconds"])
+        return info
+
+    def record(self, epoch: int, sums: dict[str, float], seconds: float, valid: dict) -> dict:
+        """The epoch's line of the bundle's history (losses per training example)."""
+        n = max(1, len(self.fold.train))
+        info = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
+                "valid_weighted_f1": valid.get("weighted_f1", float("nan")),
+                "valid_accuracy": valid.get("accuracy", float("nan")),
+                "seconds": round(seconds, 3)}
+        if self.plan.mode == "cr":
+            info["train_kl"] = sums["kl"] / n
+        self.history.append(info)
         return info
 
     def meta(self, encoders: dict | None) -> dict[str, Any]:
@@ -415,7 +456,9 @@ def train_fold(
     1-based); an exception there stops training as a kill would. ``input_arrays``: what the
     input stage needs in service (the speech normaliser's statistics), written into the bundle.
     """
-    plan = fold_plan or plan_fold(recipe, fold, data)
+    plan = fold_plan or plan_fold(recipe, fold, data, stack=False)
+    if plan.stacked:  # planned for a stack, trained alone: its fingerprint says so
+        plan = plan_fold(recipe, fold, data, stack=False)
     _check_settings(recipe.train)
     run = _FoldRun(recipe, fold, data, plan, model, Path(out_dir) if out_dir else None)
     run.input_arrays = input_arrays

@@ -78,22 +78,23 @@ def test_the_final_model_carries_its_calibration_card_and_speech_stage(voice_rec
     from koemo.training.bundle import load_bundle
     from koemo.training.final import train_final
 
-    import koemo.training.trainer as trainer
+    import koemo.training.final as final
 
     reproduce(voice_recipe, tmp_path / "grid", progress=False, gradcam=False)
     trained = []
-    original = trainer.train_fold
+    original = final.run_folds
 
-    def counting(recipe, fold, *a, **kw):
-        trained.append(fold.name)
-        return original(recipe, fold, *a, **kw)
+    def counting(*a, **kw):
+        outcomes = original(*a, **kw)
+        trained.extend(o.fold.name for o in outcomes if o.trained)
+        return outcomes
 
-    trainer.train_fold = counting
+    final.run_folds = counting
     try:
         out = tmp_path / "final"
         meta = train_final(voice_recipe, out, progress=False)
     finally:
-        trainer.train_fold = original
+        final.run_folds = original
     assert trained == ["all"]  # the cross-validation is the grid's (same folds, same fingerprints)
     cal = meta["calibration"]
     assert cal["n"] == 64 and cal["temperature"] > 0 and 0 <= cal["ece_cross_fitted"] <= 1

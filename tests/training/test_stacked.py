@@ -1,0 +1,182 @@
+"""Folds trained stacked equal folds trained one at a time (koemo.training.stacked)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from koemo.data.splits import Fold
+from koemo.training import stacked as stacked_mod
+from koemo.training.data import FeatureData, pad
+from koemo.training.run import run_folds
+from koemo.training.stacked import StackedAdam, stack_sizes
+from koemo.training.trainer import plan_fold, stack_refusal, train_fold
+from tests.training.synth import LABELS, make_data, make_recipe
+
+
+def _folds(labels: dict) -> list[Fold]:
+    """Three folds without a validation set; 30, 33 and 36 training clips, so at batch 8 the
+    folds take 4, 5 and 5 steps an epoch (a fold sits some steps out)."""
+    ids = sorted(labels)
+    folds = []
+    for k, n_train in enumerate((30, 33, 36)):
+        test = ids[k * 6:(k + 1) * 6]
+        rest = [u for u in ids if u not in test]
+        folds.append(Fold(f"f{k}", rest[:n_train], [], test))
+    return folds
+
+
+def _data(copies: bool = True) -> FeatureData:
+    audio, text, labels = make_data(n=48)
+    variants = []
+    if copies:  # an augmented copy of the speech: every clip's frames scaled and shifted
+        variants.append({u: (a.astype(np.float32) * 0.8 + 0.1).astype(np.float16) for u, a in audio.items()})
+    return FeatureData(audio, text, labels, LABELS, variants)
+
+
+def _recipe(fusion="linear", **kw):
+    r = make_recipe(fusion=fusion, text=kw.pop("text", "cr:fake"), epochs=kw.pop("epochs", 6),
+                    weight_decay=0.01, class_weights=True, text_dropout=0.3, audio_dropout=0.1, **kw)
+    r.model.standardise = True
+    r.split.valid = "none"
+    return r
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_linear_head_trains_stacked_to_the_weights_it_gets_alone(tmp_path):
+    data = _data()
+    folds = _folds(data.labels)
+    alone = _recipe()
+    alone.train.stack_folds = False
+    together = _recipe()
+    for fold in folds:
+        assert plan_fold(together, fold, data).stacked and not plan_fold(alone, fold, data).stacked
+    one = run_folds(alone, folds, data, out_for=lambda f: tmp_path / "alone" / f.name, progress=False)
+    stk = run_folds(together, folds, data, out_for=lambda f: tmp_path / "stacked" / f.name, progress=False)
+    for a, b in zip(one, stk):
+        assert a.trained and b.trained
+        wa, wb = _weights(a.result.model), _weights(b.result.model)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
+        assert [h["train_loss"] for h in b.result.history] == pytest.approx(
+            [h["train_loss"] for h in a.result.history], rel=1e-4)
+        assert [h["train_kl"] for h in b.result.history] == pytest.approx(
+            [h["train_kl"] for h in a.result.history], rel=1e-3, abs=1e-6)
+        pa = [p.probs for p in a.result.predictions["asr:fake"]]
+        pb = [p.probs for p in b.result.predictions["asr:fake"]]
+        np.testing.assert_allclose(pb, pa, atol=1e-5)
+        meta = json.loads((b.out / "bundle.json").read_text())
+        assert meta["complete"] and meta["stacked_folds"] == 3 and meta["epochs_done"] == 6
+        assert meta["fingerprint"] != json.loads((a.out / "bundle.json").read_text())["fingerprint"]
+    # the finished stacked bundles are reused, not trained again
+    again = run_folds(together, folds, data, out_for=lambda f: tmp_path / "stacked" / f.name, progress=False)
+    assert not any(o.trained for o in again)
+
+
+def test_stacks_split_by_the_memory_budget_train_the_same(tmp_path, monkeypatch):
+    data = _data(copies=False)
+    folds = _folds(data.labels)
+    recipe = _recipe(text="gold")
+    whole = run_folds(recipe, folds, data, out_for=lambda f: None, progress=False)
+    plan = plan_fold(recipe, folds[0], data)
+    assert stack_sizes(data, plan, 8, 3) == [3]
+    row = 4 * (8 * 6 + 5 * 5)  # longest clip x dims, per modality, float32
+    monkeypatch.setattr(stacked_mod, "STACK_BUDGET", row * 8 * 2)  # 2 folds' steps
+    assert stack_sizes(data, plan, 8, 3) == [2, 1]
+    assert stack_sizes(data, plan, 8, 7) == [2, 2, 2, 1]
+    monkeypatch.setattr(stacked_mod, "STACK_BUDGET", row * 8 * 5)
+    assert stack_sizes(data, plan, 8, 7) == [4, 3]  # balanced, not 5 + 2
+    monkeypatch.setattr(stacked_mod, "STACK_BUDGET", row * 8 * 2)
+    split = run_folds(recipe, folds, data, out_for=lambda f: None, progress=False)
+    for a, b in zip(whole, split):
+        for k, v in _weights(a.result.model).items():
+            torch.testing.assert_close(_weights(b.result.model)[k], v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", ["shallow", "mult"])
+def test_heads_with_dropout_learn_stacked(fusion):
+    data = _data()
+    folds = _folds(data.labels)
+    recipe = _recipe(fusion=fusion, epochs=8, dropout=0.1)
+    recipe.train.lr = 1e-2
+    out = run_folds(recipe, folds, data, out_for=lambda f: None, progress=False)
+    for o in out:
+        assert o.result.test["gold"]["weighted_f1"] > 0.5  # chance is about 0.25
+        assert len(o.result.history) == 8
+
+
+def test_what_trains_alone_and_why():
+    data = _data()
+    recipe = _recipe()
+    fold = _folds(data.labels)[0]
+    assert stack_refusal(recipe, fold) is None
+    with_valid = Fold("v", fold.train[4:], fold.train[:4], fold.test)
+    assert "validation" in stack_refusal(recipe, with_valid)
+    assert not plan_fold(recipe, with_valid, data).stacked
+    assert "data-parallel" in stack_refusal(recipe, fold, world=2)
+    recipe.train.precision = "bf16"
+    assert "precision" in stack_refusal(recipe, fold)
+    recipe.train.precision, recipe.train.stack_folds = "fp32", False
+    assert "stack_folds" in stack_refusal(recipe, fold)
+    # a fold with a validation set keeps the fingerprint it had before stacking existed
+    recipe.train.stack_folds = True
+    on = plan_fold(recipe, with_valid, data).fingerprint
+    recipe.train.stack_folds = False
+    assert plan_fold(recipe, with_valid, data).fingerprint == on
+
+
+def test_stacked_adam_is_adam_per_fold_and_leaves_a_resting_fold_alone():
+    torch.manual_seed(0)
+    w = [torch.randn(3, 4) for _ in range(2)]
+    grads = [[torch.randn(3, 4) for _ in range(2)] for _ in range(4)]
+    ref = [w[f].clone().requires_grad_() for f in range(2)]
+    opts = [torch.optim.Adam([r], lr=0.1, weight_decay=0.05) for r in ref]
+    stacked = torch.stack(w).requires_grad_()
+    opt = StackedAdam([stacked], 2, lr=0.1, weight_decay=0.05)
+    for step, g in enumerate(grads):
+        active = torch.tensor([True, step % 2 == 0])  # fold 1 sits out every other step
+        for f in range(2):
+            if active[f]:
+                ref[f].grad = g[f].clone()
+                opts[f].step()
+        stacked.grad = torch.stack(g)
+        before = stacked.detach().clone()
+        opt.step(active)
+        if not active[1]:
+            assert torch.equal(stacked.detach()[1], before[1])
+    for f in range(2):
+        torch.testing.assert_close(stacked.detach()[f], ref[f].detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_batches_mixing_clean_and_augmented_speech_equal_padding():
+    rng = np.random.default_rng(3)
+    ids = [f"u{i}" for i in range(6)]
+    clean = {u: rng.standard_normal((int(rng.integers(1, 6)), 3)).astype(np.float16) for u in ids}
+    copy = {u: rng.standard_normal((int(rng.integers(1, 9)), 3)).astype(np.float16) for u in ids}
+    text = {"gold": {u: rng.standard_normal((2, 4)).astype(np.float32) for u in ids}}
+    data = FeatureData(clean, text, {u: "a" for u in ids}, ["a"], [copy])
+    pairs = [(u, "gold") for u in ids]
+    which = [0, 1, 1, 0, 1, 0]
+    got = data.batch(pairs, which)
+    want, mask = pad([(clean, copy)[k][u] for k, u in zip(which, ids)])
+    torch.testing.assert_close(got["audio"], want, rtol=0, atol=0)
+    assert torch.equal(got["audio_mask"], mask)
+
+
+def test_train_fold_trains_alone_under_the_fingerprint_of_a_fold_alone(tmp_path):
+    data = _data(copies=False)
+    fold = _folds(data.labels)[0]
+    recipe = _recipe(text="gold", epochs=2)
+    res = train_fold(recipe, fold, data, out_dir=tmp_path / "b", progress=False,
+                     fold_plan=plan_fold(recipe, fold, data))
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert len(res.history) == 2 and "stacked_folds" not in meta
+    assert meta["fingerprint"] == plan_fold(recipe, fold, data, stack=False).fingerprint
+    assert meta["fingerprint"] != plan_fold(recipe, fold, data).fingerprint
