@@ -3,8 +3,8 @@
 A training step on a CPU allocates its batch and activations (megabytes each) and frees them a
 millisecond later. By default glibc returns the top of the heap to the system when more than
 128 KiB is free (and serves larger blocks from fresh ``mmap``), so the next step page-faults the
-same memory in again: measured here, a linear fold's step took 9.4 ms, of which ~5 ms were page
-faults; with the heap kept (:func:`tune_allocator`) 4.1 ms (``benchmarks/bench_folds.py``). The
+same memory in again: measured here, a linear fold's step took 8.7 ms, of which ~4.6 ms were page
+faults; with the heap kept (:func:`tune_allocator`) 4.1 ms (docs/training.md). The
 cost is a resident heap that does not shrink after a peak, which a training or serving process
 wants anyway. ``KOEMO_MALLOC=system`` keeps glibc's defaults; other C libraries are left alone.
 """
