@@ -70,27 +70,26 @@ class StackedAdam:
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
+        """Adam's update in place (no full-size copies beyond the denominator: a stack's weights
+        are tens of megabytes); the folds not ``active`` are put back as they were."""
         b1, b2 = self.betas
         self.steps += active.double()
         t = self.steps.clamp_min(1.0)
         step_size = (self.lr / (1 - b1 ** t)).float()
         bc2_sqrt = (1 - b2 ** t).sqrt().float()
-        every = bool(active.all())
+        resting = (~active).nonzero().flatten()
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
             if p.grad is None:
                 continue
             shape = (-1,) + (1,) * (p.dim() - 1)
+            kept = [(x, x[resting].clone()) for x in (p, m, v)] if len(resting) else []
             g = p.grad.add(p, alpha=self.weight_decay) if self.weight_decay else p.grad
-            m_new = m.lerp(g, 1 - b1)
-            v_new = v.mul(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v_new.sqrt() / bc2_sqrt.to(p.device).view(shape)).add_(self.eps)
-            p_new = p + (-step_size.to(p.device).view(shape)) * m_new / denom  # Adam's addcdiv, in its order
-            if every:
-                m.copy_(m_new), v.copy_(v_new), p.copy_(p_new)
-            else:
-                keep = active.to(p.device).view(shape)
-                m.copy_(torch.where(keep, m_new, m)), v.copy_(torch.where(keep, v_new, v))
-                p.copy_(torch.where(keep, p_new, p))
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / bc2_sqrt.to(p.device).view(shape)).add_(self.eps)
+            p.add_(torch.div(m, denom, out=denom).mul_(-step_size.to(p.device).view(shape)))
+            for x, saved in kept:
+                x[resting] = saved
 
 
 def stack_sizes(data: FeatureData, plan: FoldPlan, batch_size: int, folds: int,
