@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import numpy as np
@@ -184,3 +185,72 @@ def test_agrees_with_sklearn_on_random_predictions():
     assert m.macro_f1 == pytest.approx(f1_score(y_true, y_pred, labels=LABELS, average="macro"))
     assert m.accuracy == pytest.approx(accuracy_score(y_true, y_pred))
     assert m.unweighted_accuracy == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+
+
+def test_to_dict_holds_every_number_as_computed():
+    """What results.json and the bundles store: each field equals the metric it names."""
+    y_true, y_pred = expand(CM)
+    m = compute_metrics(y_true, y_pred, LABELS, probs=[[0.6, 0.3, 0.1]] * len(y_true))
+    d = json.loads(json.dumps(m.to_dict()))
+    assert d["n"] == m.n == sum(map(sum, CM)) and d["labels"] == LABELS
+    for key, value in m.scalars().items():
+        assert d[key] == pytest.approx(value)
+    for i, label in enumerate(LABELS):
+        row = d["per_class"][label]
+        assert row == {"precision": pytest.approx(m.precision[i]), "recall": pytest.approx(m.recall[i]),
+                       "f1": pytest.approx(m.f1[i]), "support": int(m.support[i]),
+                       "ovr_accuracy": pytest.approx(m.ovr_accuracy[i])}
+    assert d["confusion"] == CM
+    assert d["confusion_normalised"] == [[pytest.approx(x / sum(r), abs=1e-6) for x in r] for r in CM]
+
+
+def test_aggregate_to_dict_holds_every_number_as_computed():
+    y_true, y_pred = expand(CM)
+    preds = [Prediction(f"u{i}", t, p, seed=0) for i, (t, p) in enumerate(zip(y_true, y_pred))]
+    preds += [Prediction(f"u{i}", t, t, seed=3) for i, t in enumerate(y_true)]
+    agg = aggregate(preds, LABELS)
+    d = json.loads(json.dumps(agg.to_dict()))
+    assert d["labels"] == LABELS and d["seeds"] == [0, 3]
+    assert d["mean"] == pytest.approx(agg.mean) and d["std"] == pytest.approx(agg.std)
+    assert set(d["per_seed"]) == {"0", "3"}
+    assert d["per_seed"]["3"]["accuracy"] == 1.0 and d["per_seed"]["0"] == pytest.approx(agg.per_seed[0].scalars())
+    summed = (np.array(CM) + np.diag(np.array(CM).sum(1))).tolist()
+    assert d["confusion"] == summed
+    assert d["confusion_normalised"] == [[pytest.approx(x / sum(r), abs=1e-6) for x in r] for r in summed]
+    assert d["per_class_f1_mean"] == pytest.approx(agg.per_class_f1_mean)
+    assert d["per_class_recall_mean"] == pytest.approx(agg.per_class_recall_mean)
+    assert d["per_class_recall_mean"]["b"] == pytest.approx((0.5 + 1) / 2)
+
+
+def test_a_predictions_file_is_read_whole_and_each_bad_line_is_named(tmp_path):
+    """Blank lines are skipped (not the end of the file); defaults for seed and fold; every
+    refusal names the file (and line) and says what is wrong."""
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": 7, "label": "a", "pred": "b"}\n\n{"id": "u2", "label": "c", "pred": "c", "seed": 3}\n',
+                    encoding="utf-8")
+    got = read_predictions(path)
+    assert [(p.id, p.label, p.pred, p.seed, p.fold, p.probs) for p in got] == [
+        ("7", "a", "b", 0, "", None), ("u2", "c", "c", 3, "", None)]
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(BadInputError, match=r"missing.jsonl: predictions file not found"):
+        read_predictions(missing)
+    cases = {
+        "[1, 2]": "p.jsonl:1: expected a JSON object",
+        '{"id": "u", "label": "a", "pred": "a", "probs": "0.5"}': "p.jsonl:1: 'probs' must be a list of numbers",
+        '{"id": "u", "label": "a", "pred": "a", "probs": [0.5, "x"]}': "p.jsonl:1: 'probs' must be a list of numbers",
+        "\n\n": "p.jsonl: no predictions in file",
+    }
+    for text, message in cases.items():
+        path.write_text(text + "\n", encoding="utf-8")
+        with pytest.raises(BadInputError, match=re.escape(message)):
+            read_predictions(path)
+
+
+def test_row_normalise_keeps_fractions_of_integer_counts():
+    assert row_normalise(np.array([[1, 3], [0, 0]])).tolist() == [[0.25, 0.75], [0.0, 0.0]]
+
+
+def test_mean_std_of_nothing_is_undefined_and_of_integers_is_a_float():
+    mean, std = mean_std([])
+    assert math.isnan(mean) and math.isnan(std)
+    assert mean_std([1, 2]) == (1.5, pytest.approx(math.sqrt(0.5)))

@@ -124,3 +124,83 @@ def test_without_validation_every_training_side_clip_trains():
     assert [f.test for f in make_folds(utts, "speaker", folds=3, seed=1, valid="none")] == [f.test for f in held]
     with pytest.raises(KoemoError, match="split.valid='inner'"):
         make_folds(utts, "speaker", valid="inner")
+
+
+def _speakers(n_speakers: int, labels=("neutral", "happy", "sad"), clips: int = 2):
+    """Speakers who each read in one emotion (speaker i: label i mod len(labels)); sentences shared."""
+    return [Utterance(f"s{s}c{c}", "x", labels[s % len(labels)], f"t{c}", f"spk{s}", f"g{c}")
+            for s in range(n_speakers) for c in range(clips)]
+
+
+def test_speaker_folds_hold_out_one_speaker_of_each_emotion_for_every_seed():
+    """The speakers of a fold are dealt label stratum by stratum: with two speakers per emotion
+    and two folds, each fold tests one speaker of each emotion, whatever the seed."""
+    utts = _speakers(6)
+    label_of = {u.speaker: u.label for u in utts}
+    for seed in range(12):
+        for fold in make_folds(utts, "speaker", folds=2, seed=seed, valid="none"):
+            held = {u.speaker for u in utts if u.id in set(fold.test)}
+            assert sorted(label_of[s] for s in held) == ["happy", "neutral", "sad"], (seed, held)
+
+
+@pytest.mark.parametrize("n_speakers,fraction,expected", [(6, 0.15, 1), (6, 0.5, 3), (4, 0.9, 3)])
+def test_the_validation_set_holds_exactly_its_share_of_speakers(n_speakers, fraction, expected):
+    """ceil(training speakers x fraction) speakers, at least one and never all of them, drawn
+    without replacement (k = 2 folds leave half of the speakers, or two of four, for training)."""
+    utts = _speakers(n_speakers * 2)
+    for seed in range(8):
+        for fold in make_folds(utts, "speaker", folds=2, seed=seed, valid_fraction=fraction):
+            valid = {u.speaker for u in utts if u.id in set(fold.valid)}
+            train = {u.speaker for u in utts if u.id in set(fold.train)}
+            assert len(valid) == expected and len(train) == n_speakers - expected, (seed, valid)
+
+
+def test_the_disjoint_validation_set_holds_exactly_its_share_of_speakers_and_sentences():
+    utts = [Utterance(f"s{s}g{g}", "x", ("neutral", "sad")[g % 2], f"t{g}", f"spk{s}", f"g{g}")
+            for s in range(9) for g in range(12)]  # each sentence in one emotion: 2 strata of 6
+    for seed in range(8):
+        for fold in make_folds(utts, "speaker-sentence", folds=3, seed=seed, valid_fraction=0.2):
+            valid = [u for u in utts if u.id in set(fold.valid)]
+            # 6 training-side speakers x 0.2 -> 2; per stratum: 4 training-side sentences of an
+            # emotion x 0.2 -> round(0.8) = 1 sentence per emotion
+            assert len({u.speaker for u in valid}) == 2, seed
+            assert len({u.group for u in valid}) == 2 and {u.label for u in valid} == {"neutral", "sad"}, seed
+
+
+def test_split_errors_say_what_is_missing():
+    with pytest.raises(KoemoError, match="2-fold speaker split needs at least 3 speakers, the data has 2"):
+        make_folds(_speakers(2), "speaker", folds=2)
+    make_folds(_speakers(3), "speaker", folds=2, valid="none")  # three speakers are enough for two folds
+    nameless = [Utterance("a", "x", "sad", "t", "", "g1"), Utterance("b", "x", "sad", "t", "s", "g2")]
+    with pytest.raises(KoemoError, match="some utterances have no speaker; a speaker-disjoint split needs it"):
+        make_folds(nameless, "speaker", folds=2)
+    with pytest.raises(KoemoError, match="cannot hold out a validation speaker: only 1 in training"):
+        make_folds(_speakers(3), "speaker", folds=2)  # a fold keeps one training speaker
+    with pytest.raises(KoemoError, match="too few speakers or sentences to hold out a disjoint validation set"):
+        make_folds([Utterance(f"s{s}g{g}", "x", "sad", "t", f"spk{s}", f"g{g}") for s in range(3) for g in range(3)],
+                   "speaker-sentence", folds=2)  # a fold left with one training sentence cannot hold it out
+
+
+def test_a_sentence_read_in_two_emotions_carries_no_label():
+    from koemo.data.splits import text_neutral_ids
+
+    utts = [Utterance("a", "x", "sad", "t", "s1", "g"), Utterance("b", "x", "happy", "t", "s2", "g"),
+            Utterance("c", "x", "sad", "u", "s1", "h"), Utterance("d", "x", "sad", "u", "s2", "h")]
+    assert text_neutral_ids(utts) == {"a", "b"}
+
+
+def test_split_files_are_named_by_everything_that_makes_them_and_a_recipe_section_makes_folds():
+    from koemo.config import SplitConfig
+    from koemo.data.splits import folds_of, split_path
+
+    base = "data/m.jsonl"
+    assert str(split_path(base, "speaker", 3, 1)) == "data/splits/m.speaker-k3.seed1.json"
+    assert str(split_path(base, "speaker-sentence", 5, 0, "none")) == "data/splits/m.speaker-sentence-k5-valid-none.seed0.json"
+    assert str(split_path(base, "stratified", 3, 2)) == "data/splits/m.stratified.seed2.json"
+    assert str(split_path(base, "text-neutral", 5, 2)) == "data/splits/m.text-neutral.seed2.json"
+    utts = _speakers(6, clips=4)  # 6 speakers, 4 sentences
+    split = SplitConfig(protocol="speaker", folds=3, seed=4, valid="none")
+    assert folds_of(split, utts) == make_folds(utts, "speaker", folds=3, seed=4, valid="none")
+    assert folds_of(split, utts, seed=5) == make_folds(utts, "speaker", folds=3, seed=5, valid="none")
+    assert folds_of(split, utts, protocol="sentence") == make_folds(utts, "sentence", folds=3, seed=4, valid="none")
+    assert folds_of(split, utts) != folds_of(split, utts, seed=5)

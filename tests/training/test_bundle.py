@@ -86,3 +86,45 @@ def test_bundles_that_cannot_load_are_refused_with_the_reason(tmp_path):
     (out / "bundle.json").write_text(json.dumps({**meta, "model": {**meta["model"], "options": {"nope": 1}}}))
     with pytest.raises(KoemoError, match="model.options.nope: fusion model 'shallow' takes no options"):
         load_bundle(out)
+
+
+def _run_dir(tmp_path, folds: dict):
+    """A training run directory: one bundle per fold with the given validation F1 (None: none
+    recorded), ``complete`` unless the F1 is the string "partial"."""
+    from koemo.metrics import Prediction
+
+    run = tmp_path / "run"
+    for name, f1 in folds.items():
+        meta = {"complete": f1 != "partial", "metrics": {"valid": {} if f1 in (None, "partial") else {"weighted_f1": f1}}}
+        write_bundle(run / name, meta, {}, {"w": torch.ones(1)},
+                     predictions={"asr:whisper-base": [Prediction("u1", "sad", "sad")]})
+    (run / ".tmp-x").mkdir()
+    (run / ".tmp-x" / "bundle.json").write_text("{}")  # a half-written temporary: never a candidate
+    return run
+
+
+def test_a_run_directory_resolves_to_its_best_complete_fold(tmp_path):
+    from koemo.training.bundle import find_bundles, resolve_bundle, stored_sources
+
+    run = _run_dir(tmp_path, {"f0": 0.5, "f1": 0.8, "f2": 0.8, "f3": "partial", "f4": None})
+    assert find_bundles(run) == [run / f for f in ("f0", "f1", "f2", "f3", "f4")]
+    assert find_bundles(run / "f1") == [run / "f1"]
+    assert resolve_bundle(run) == run / "f1"  # the best; ties: the first by name
+    assert resolve_bundle(run / "f0") == run / "f0"  # a bundle is itself
+    assert stored_sources(run / "f0") == ["asr_whisper-base"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KoemoError, match="not a koemo model bundle .* and no bundles inside"):
+        resolve_bundle(empty)
+    with pytest.raises(KoemoError, match="none of its 2 bundles is complete"):
+        resolve_bundle(_run_dir(tmp_path / "p", {"a": "partial", "b": None}))
+
+
+def test_update_meta_replaces_the_metadata_and_keeps_the_format(tmp_path):
+    from koemo.training.bundle import FORMAT, update_meta
+
+    write_bundle(tmp_path / "b", {"x": 1}, {}, {"w": torch.ones(1)})
+    meta = read_meta(tmp_path / "b")
+    update_meta(tmp_path / "b", {**meta, "calibration": {"temperature": 1.5}, "format": "old"})
+    got = read_meta(tmp_path / "b")
+    assert got["calibration"] == {"temperature": 1.5} and got["x"] == 1 and got["format"] == FORMAT
