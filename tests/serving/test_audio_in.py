@@ -132,3 +132,11 @@ def test_a_long_stretch_of_speech_is_cut_at_the_cap(monkeypatch):
     cap = SegmentConfig().max_segment_s
     assert len(spans) == 3 and all(s.end - s.start <= cap for s in spans)
     assert spans[0].start == 0.0 and spans[-1].end == 30.0
+
+
+def test_cut_takes_the_span_to_the_sample():
+    from koemo.serving.segment import Span, cut
+
+    audio = np.arange(32000, dtype=np.float32)
+    assert cut(audio, Span(0.0, 0.5)).tolist() == list(range(8000))
+    assert cut(audio, Span(1.5, 3.0)).tolist() == list(range(24000, 32000))  # clipped at the end

@@ -102,3 +102,32 @@ def test_lambda_zero_is_plain_ce_and_bad_variants_refused():
 def test_class_weights_balanced():
     w = class_weights([0, 0, 0, 1], 3)
     assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+
+
+def test_cr_weights_the_cross_entropy_by_class_and_reports_its_parts():
+    """Class weights reach CR's cross-entropy (not its KL); the logged parts are the two sums."""
+    from koemo.training.losses import ce_per_example, cr_per_example, kl_per_example
+
+    torch.manual_seed(0)
+    gold, stt = torch.randn(6, 3), torch.randn(6, 3)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    w = torch.tensor([0.5, 1.0, 3.0])
+    ce, kl = cr_per_example(gold, stt, y, CRVariant(), w)
+    torch.testing.assert_close(ce, ce_per_example(gold, y) * w[y])
+    torch.testing.assert_close(kl, kl_per_example(gold, stt))
+    table = torch.rand(6, 3) + 0.5  # one row of class weights per example (stacked folds)
+    torch.testing.assert_close(ce_per_example(gold, y, table), ce_per_example(gold, y) * table[torch.arange(6), y])
+    total, parts = cr_sum(gold, stt, y, CRVariant(lam=2.0), w)
+    assert set(parts) == {"ce", "kl"}
+    assert parts["ce"] == pytest.approx(float(ce.sum()), rel=1e-6)
+    assert parts["kl"] == pytest.approx(float(kl.sum()), rel=1e-6)
+    assert float(total) == pytest.approx(parts["ce"] + 2.0 * parts["kl"], rel=1e-6)
+
+
+def test_bad_cr_settings_say_which_setting_and_the_choices():
+    with pytest.raises(KoemoError, match=r"train.cr_ce_path must be one of gold, stt, got 'x'"):
+        CRVariant(ce_path="x")
+    with pytest.raises(KoemoError, match=r"train.cr_kl must be one of gold\|\|stt, stt\|\|gold, got 'x'"):
+        CRVariant(kl="x")
+    with pytest.raises(KoemoError, match=r"train.cr_lambda must be >= 0, got -1"):
+        CRVariant(lam=-1)
