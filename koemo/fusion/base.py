@@ -39,6 +39,13 @@ def fix_empty(mask: torch.Tensor) -> torch.Tensor:
     return mask | (first & ~mask.any(dim=1, keepdim=True))
 
 
+def reads_text_means(model) -> bool:
+    """Does ``model`` (a fusion, its class, or an end-to-end module holding one as ``.fusion``)
+    read only the mean text vector (:attr:`FusionModel.text_mean_only`)? Batches for it may then
+    carry each clip's mean instead of every token's."""
+    return bool(getattr(getattr(model, "fusion", model), "text_mean_only", False))
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over time of ``x [B, T, D]`` counting only ``mask [B, T]`` positions."""
     m = mask.to(x.dtype).unsqueeze(-1)
@@ -209,7 +216,7 @@ class FusionModel(nn.Module):
         if self.text_mean_only and text.shape[1] != 1:
             text_mask = fix_empty(text_mask)
             text = masked_mean(text, text_mask).unsqueeze(1)
-            text_mask = text_mask[:, :1] | True
+            text_mask = torch.ones_like(text_mask[:, :1])
         if self.standardised:
             audio = (audio - self.audio_mean) / self.audio_sd
             text = (text - self.text_mean) / self.text_sd

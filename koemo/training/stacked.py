@@ -103,7 +103,7 @@ def stack_sizes(data: FeatureData, plan: FoldPlan, batch_size: int, folds: int,
             return 1
         return max(int(np.asarray(a).shape[0]) * int(np.prod(np.asarray(a).shape[1:])) for a in table.values())
 
-    sources = ["gold", plan.stt] if plan.mode == "cr" else plan.train_sources[:1]
+    sources = plan.train_sources  # the rows of a step: gold, the STT text, or both (cr)
     text = text_dim if text_means else max(longest(data.text[s]) for s in sources)
     row = 4 * (longest(data.audio) + text)  # float32
     fit = max(1, STACK_BUDGET // max(1, row * batch_size * len(sources)))
@@ -133,7 +133,6 @@ class _Stack:
                                  self.tc.weight_decay)
         self.class_weights = (torch.stack([r.cw for r in self.runs]).to(self.device)
                               if self.runs[0].cw is not None else None)
-        self.paths = ["gold", self.plan.stt] if self.plan.mode == "cr" else self.plan.train_sources[:1]
 
     def train_epoch(self, epoch: int) -> list[dict[str, float]]:
         tc, runs = self.tc, self.runs
@@ -158,7 +157,7 @@ class _Stack:
     def step_loss(self, ids: Sequence[Sequence[str]], gens: Sequence[torch.Generator]) -> list[dict[str, float]]:
         """Backpropagate one step of every fold (fold f's batch ``ids[f]``, its mean loss)."""
         runs, data, plan = self.runs, self.data, self.plan
-        n_max, folds, paths = max(len(i) for i in ids), len(ids), len(self.paths)
+        n_max, folds, paths = max(len(i) for i in ids), len(ids), len(plan.train_sources)
         pairs, copies, text_drop, audio_drop, weight, y = [], [], [], [], [], []
         for f, fold_ids in enumerate(ids):
             n = len(fold_ids)
@@ -166,7 +165,7 @@ class _Stack:
             filler = [fold_ids[0] if n else runs[f].fold.train[0]] * (n_max - n)
             rows = list(fold_ids) + filler
             pad = [False] * (n_max - n)
-            for source in self.paths:
+            for source in plan.train_sources:  # cr: the golden rows, then the STT rows
                 pairs += [(u, source) for u in rows]
                 copies += (copy_ or [0] * n) + [0] * (n_max - n)
                 text_drop += (drop[0].tolist() if drop else [False] * n) + pad
@@ -211,11 +210,12 @@ def train_stacked(
     ``plan.stacked``) in stacks of :func:`stack_sizes`; write each fold's bundle to its ``outs``."""
     from tqdm.auto import tqdm
 
-    results: list[TrainResult] = []
-    start = 0
+    from koemo.fusion.base import reads_text_means
     from koemo.fusion.registry import FUSIONS
 
-    text_means = bool(getattr(FUSIONS.get(recipe.model.fusion), "text_mean_only", False))
+    results: list[TrainResult] = []
+    start = 0
+    text_means = reads_text_means(FUSIONS.get(recipe.model.fusion))
     for size in stack_sizes(data, plans[0], recipe.train.batch_size, len(folds), text_means):
         group = range(start, start + size)
         start += size

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from koemo.errors import KoemoError
+from koemo.fusion.base import reads_text_means
 from koemo.metrics import compute_metrics
 from koemo.training.data import FeatureData
 from koemo.training.distributed import to_device
@@ -41,7 +42,7 @@ def predict_proba(model: nn.Module, data: FeatureData, ids: Sequence[str], sourc
     was_training = model.training
     model.eval()
     out = []
-    means = bool(getattr(getattr(model, "fusion", model), "text_mean_only", False))
+    means = reads_text_means(model)
     for i in range(0, len(ids), batch_size):
         b = to_device(data.batch([(u, source) for u in ids[i:i + batch_size]], text_means=means), device)
         with autocast(device, precision):

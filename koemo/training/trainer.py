@@ -41,6 +41,7 @@ from koemo.config import AugmentConfig, Recipe, to_dict
 from koemo.data.labels import resolve_label_set
 from koemo.data.splits import Fold
 from koemo.errors import KoemoError
+from koemo.fusion.base import reads_text_means
 from koemo.metrics import Prediction
 from koemo.sources import TrainingText
 from koemo.training import bundle as bundles
@@ -223,7 +224,7 @@ class _FoldRun:
         self.best: dict[str, Any] = {"f1": -1.0, "epoch": 0, "state": None, "bad": 0}
         self.net: nn.Module = model
         #: the head reads the mean text vector only: batches carry it instead of every token's
-        self.text_means = bool(getattr(getattr(model, "fusion", model), "text_mean_only", False))
+        self.text_means = reads_text_means(model)
 
     # ---- 3. resume
     def resume(self) -> None:
