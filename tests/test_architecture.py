@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "koemo"
 #: bottom to top; "" is the foundation (koemo/*.py: errors, paths, config, metrics, sources, ...)
 LAYERS = ["", "data", "models", "asr", "encoders", "fusion", "training", "evaluation", "experiments", "serving"]
-TOP = {"koemo.cli", "koemo.__main__"}  # the command line sees everything
+TOP = {"koemo.cli", "koemo.__main__", "koemo.api"}  # the command line and the Python API see everything
 MAX_LINES = 500
 
 

@@ -135,3 +135,38 @@ def audio_duration(path: str | Path) -> float:
         return float(sf.info(str(p)).duration)
     except Exception:  # noqa: BLE001 - fall back to decoding
         return len(load_audio(p, allow_silent=True)) / SAMPLE_RATE
+
+
+def audio_from_array(array, sample_rate: int, *, name: str = "<array>") -> np.ndarray:
+    """A caller's samples -> 16 kHz mono float32, checked like a file (:func:`load_audio`).
+
+    Accepts 1-D samples or 2-D ``[samples, channels]`` / ``[channels, samples]`` (the shorter axis,
+    at most 8, is taken as channels and averaged); integer PCM is scaled to [-1, 1].
+    """
+    a = np.asarray(array)
+    if a.dtype.kind not in "fiu":
+        raise BadInputError(name, f"samples must be numbers, not {a.dtype}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise BadInputError(name, f"sample_rate must be a positive integer (Hz), not {sample_rate!r}")
+    if not (a.ndim == 1 or (a.ndim == 2 and min(a.shape) <= 8)):
+        raise BadInputError(name, f"samples must be 1-D or [samples, channels], got shape {a.shape}")
+    a = _int_to_float(a) if a.dtype.kind in "iu" else a.astype(np.float32)
+    if a.ndim == 2:
+        a = a.mean(axis=int(np.argmin(a.shape)))
+    if a.size == 0:
+        raise BadInputError(name, "zero-length audio (no samples)")
+    if not np.all(np.isfinite(a)):
+        raise BadInputError(name, "audio contains NaN or infinite samples")
+    n, audio = a.size, resample(a, int(sample_rate))
+    if audio.size == 0:
+        raise BadInputError(name, f"too short: {n} samples at {sample_rate} Hz is less than one sample at {SAMPLE_RATE} Hz")
+    if float(np.max(np.abs(audio))) < SILENCE_PEAK:
+        raise BadInputError(name, "audio is all silence (peak below -80 dBFS)")
+    return audio
+
+
+def _int_to_float(a: np.ndarray) -> np.ndarray:
+    """Integer PCM (int16, int32, uint8...) -> float32 in [-1, 1]."""
+    info = np.iinfo(a.dtype)
+    mid = (int(info.max) + int(info.min) + 1) / 2  # 0 for signed, 128 for uint8
+    return ((a.astype(np.float64) - mid) / (info.max - mid + 1)).astype(np.float32)

@@ -37,10 +37,7 @@ def reproduce(
 
     from koemo.experiments.reproduce import reproduce as run
 
-    overrides = list(set_ or [])
-    if seeds is not None:
-        overrides.append(f"eval.seeds={seeds}")
-    cfg = recipe_from(f"{recipe}-demo" if fast else recipe, overrides)
+    cfg = grid_recipe(recipe, seeds=seeds, fast=fast, overrides=set_)
     command = "koemo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     doc = run(cfg, out, data_dir, command=command, gradcam=gradcam, inputs_path=inputs,
               save_inputs_path=save_inputs, shard=shard, prepare_only=prepare_only, only=only)
@@ -54,6 +51,15 @@ def reproduce(
                    "run without --shard/--only to write the report")
         return
     typer.echo(f"report: {Path(out) / 'REPORT.md'} ({doc['meta']['wall_time_s'] / 60:.1f} min)")
+
+
+def grid_recipe(recipe: str, *, seeds: int | None = None, fast: bool = False, overrides=None):
+    """The recipe ``koemo reproduce`` runs (also :func:`koemo.reproduce`'s): ``fast`` takes the
+    reduced ``NAME-demo`` variant, ``seeds`` overrides ``eval.seeds``."""
+    overrides = list(overrides or [])
+    if seeds is not None:
+        overrides.append(f"eval.seeds={seeds}")
+    return recipe_from(f"{recipe}-demo" if fast else recipe, overrides)
 
 
 def register(root: typer.Typer) -> None:

@@ -33,30 +33,16 @@ def train(
 
     Several processes (GPUs): torchrun --nproc_per_node N $(which koemo) train ...
     """
-    from koemo.training.run import train_recipe
     from koemo.training.trainer import dist_info
 
-    cfg = recipe_from(recipe, overrides)
-    if fusion:
-        cfg.model.fusion = fusion
-    if text_train:
-        cfg.train.text = text_train
-    if seed is not None:
-        cfg.split.seed = seed
-        cfg.train.seed = seed
-    if epochs is not None:
-        cfg.train.epochs = epochs
-    if finetune:
-        cfg.encoders.finetune = True
-    from koemo.fusion import FUSIONS
-
-    FUSIONS.get(cfg.model.fusion)  # fail before any work on a wrong name
+    cfg = configure(recipe_from(recipe, overrides), fusion=fusion, text_train=text_train, seed=seed,
+                    epochs=epochs, finetune=finetune)
+    if final and out is None:
+        raise typer.BadParameter("--final needs --out (the bundle directory to write)")
+    result = run(cfg, folds=fold, out=out, final=final, cv_seeds=cv_seeds, data_dir=data_dir,
+                 progress=not quiet, resume=not no_resume)
     if final:
-        from koemo.training.final import train_final
-
-        if out is None:
-            raise typer.BadParameter("--final needs --out (the bundle directory to write)")
-        meta = train_final(cfg, out, data_dir=data_dir, seeds=cv_seeds, progress=not quiet)
+        meta = result
         if json_:
             print_json({k: meta[k] for k in ("calibration", "cross_validation", "trained_on")})
             return
@@ -67,7 +53,7 @@ def train(
                    f"{cal['ece_cross_fitted']:.3f} (cross-fitted, {cal['n']} held-out predictions)")
         typer.echo(f"final model on {meta['trained_on']['clips']} clips: {out} (model card: {out}/MODEL_CARD.md)")
         return
-    summary = train_recipe(cfg, folds=fold, out=out, data_dir=data_dir, progress=not quiet, resume=not no_resume)
+    summary = result
     if dist_info()[0] != 0:
         return
     if json_:
@@ -82,6 +68,42 @@ def train(
     for source, m in summary.pooled_test.items():
         typer.echo(f"pooled test ({m['n']} clips, {source}): weighted F1 {m['weighted_f1']:.4f}, "
                    f"accuracy {m['accuracy']:.4f}")
+
+
+def configure(cfg, *, fusion: str | None = None, text_train: str | None = None, seed: int | None = None,
+              epochs: int | None = None, finetune: bool = False):
+    """Apply ``koemo train``'s shortcut options to a recipe (also :func:`koemo.train`'s); a wrong
+    fusion name fails here, before any work."""
+    from koemo.fusion import FUSIONS
+
+    if fusion:
+        cfg.model.fusion = fusion
+    if text_train:
+        cfg.train.text = text_train
+    if seed is not None:
+        cfg.split.seed = seed
+        cfg.train.seed = seed
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    if finetune:
+        cfg.encoders.finetune = True
+    FUSIONS.get(cfg.model.fusion)
+    return cfg
+
+
+def run(cfg, *, folds=None, out=None, final: bool = False, cv_seeds: int = 1, data_dir=None,
+        progress: bool = True, resume: bool = True):
+    """Train as ``koemo train`` does: the recipe's folds (a :class:`TrainSummary`), or with
+    ``final`` the shipped model into ``out`` (its bundle meta)."""
+    if final:
+        from koemo.training.final import train_final
+
+        if out is None:
+            raise ValueError("final=True needs out (the bundle directory to write)")
+        return train_final(cfg, out, data_dir=data_dir, seeds=cv_seeds, progress=progress)
+    from koemo.training.run import train_recipe
+
+    return train_recipe(cfg, folds=folds, out=out, data_dir=data_dir, progress=progress, resume=resume)
 
 
 def register(root: typer.Typer) -> None:

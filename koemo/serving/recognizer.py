@@ -1,0 +1,219 @@
+"""The library face of koemo: :class:`Recognizer` loads a model bundle once and predicts the
+emotion of files, arrays and batches, returning typed :class:`Result` objects.
+
+It wraps the same :class:`~koemo.serving.predictor.Predictor` that ``koemo predict`` and
+``koemo serve`` use, so a result here is the result there. Example (``bundle`` is a model
+directory, ``clip`` a recording; ``"default"`` is the model ``make demo`` trains)::
+
+    >>> import koemo
+    >>> rec = koemo.Recognizer.from_pretrained(bundle)
+    >>> result = rec.predict_file(clip)
+    >>> result.label in rec.labels, round(sum(result.probabilities.values()), 6)
+    (True, 1.0)
+    >>> result.label == max(result.probabilities, key=result.probabilities.get)
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
+
+import numpy as np
+
+from koemo.errors import BadInputError, KoemoError
+from koemo.serving.limits import Limits
+from koemo.serving.sessions import NORMALISE_MODES, Session
+
+PathLike = Union[str, Path]
+
+
+def _default_bundle() -> Path:
+    from koemo.serving.loader import default_bundle_dir
+
+    return default_bundle_dir()
+
+
+#: Names :meth:`Recognizer.from_pretrained` knows, each -> where its bundle lives.
+PRETRAINED: dict[str, Callable[[], Path]] = {"default": _default_bundle}
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """Shares of one decision owed to the speech and the text encoder (Grad-CAM, sum 1)."""
+
+    audio: float
+    text: float
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One utterance of a recording (the whole recording when it was not cut by VAD)."""
+
+    start: float
+    end: float
+    transcript: str
+    label: str
+    probabilities: Mapping[str, float]
+    contribution: Optional[Contribution] = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """The emotion of one recording: the duration-weighted mean of its utterances'."""
+
+    file: str
+    label: str
+    probabilities: Mapping[str, float]
+    transcript: str
+    segments: tuple[Utterance, ...]
+    contribution: Optional[Contribution]
+    duration: float
+    timings: Mapping[str, float]
+
+    @classmethod
+    def from_dict(cls, file: str, d: Mapping[str, Any]) -> "Result":
+        """From the dict :meth:`Predictor.predict` returns (the service's JSON body)."""
+        def contrib(c):
+            return Contribution(float(c["audio"]), float(c["text"])) if c else None
+
+        segments = tuple(
+            Utterance(float(s["start"]), float(s["end"]), s["transcript"], s["label"],
+                      dict(s["probabilities"]), contrib(s.get("contribution")))
+            for s in d["segments"]
+        )
+        return cls(file, d["label"], dict(d["probabilities"]), d["transcript"], segments,
+                   contrib(d.get("contribution")), float(d["duration"]), dict(d["timings"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, the same fields as a ``POST /v1/predict`` answer."""
+        d = asdict(self)
+        d["segments"] = list(d["segments"])
+        return d
+
+
+class Recognizer:
+    """Speech emotion recognition for Python programs.
+
+    Build it with :meth:`from_pretrained`; it holds the ASR, both encoders and the fusion head,
+    loaded once, and is safe to call from several threads.
+    """
+
+    def __init__(self, predictor) -> None:
+        self.predictor = predictor
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: PathLike = "default", *, asr: str | None = None,
+                        runtime: str = "torch", segment_over: float = 15.0) -> "Recognizer":
+        """Load a model bundle: a name from :data:`PRETRAINED` (``"default"``: the one ``make
+        demo`` trains, ``$KOEMO_CACHE/bundles/default``) or a bundle directory.
+
+        ``asr``: the speech recogniser (default: the one the bundle was trained for);
+        ``runtime``: ``torch`` or ``onnx``; ``segment_over``: recordings longer than this
+        (seconds) are cut into utterances by voice activity.
+        """
+        from koemo.serving.loader import load_predictor
+
+        key = str(name_or_path)
+        if key in PRETRAINED:
+            path, explicit = PRETRAINED[key](), key != "default"
+        else:
+            path, explicit = Path(name_or_path).expanduser(), True
+            if not path.exists() and "/" not in key and "\\" not in key and not key.startswith("."):
+                raise KoemoError(f"{key}: neither a model bundle directory nor a known model "
+                                 f"({', '.join(sorted(PRETRAINED))})")
+        limits = Limits(max_duration_s=0, segment_over_s=segment_over)
+        kwargs = {"runtime": runtime} if runtime != "torch" else {}
+        return cls(load_predictor(path if explicit else None, asr=asr, limits=limits, **kwargs))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The emotions this model predicts, in the order of its outputs."""
+        return tuple(self.predictor.labels)
+
+    def describe(self) -> dict[str, Any]:
+        """Labels, encoders, ASR and versions (``GET /v1/model``)."""
+        return self.predictor.describe()
+
+    def predict(self, audio, sample_rate: int, *, name: str = "<array>", session: Session | None = None,
+                normalise: str | None = None) -> Result:
+        """The emotion of samples ``audio`` (1-D, or ``[samples, channels]``; float or integer PCM)
+        recorded at ``sample_rate`` Hz; resampled to 16 kHz.
+
+        ``session`` (:meth:`session`): recordings of one speaker share one, so each is normalised
+        by that voice's statistics so far; ``normalise``: ``speaker``, ``file`` or ``none``
+        (see ``docs/serving.md``).
+        """
+        from koemo.data.audio import audio_from_array
+
+        samples = audio_from_array(audio, sample_rate, name=name)
+        return self._predict(samples, name, session, normalise)
+
+    def predict_file(self, path: PathLike, *, session: Session | None = None, normalise: str | None = None) -> Result:
+        """The emotion of the recording at ``path`` (WAV, FLAC, MP3, M4A, OGG/Opus, WebM...)."""
+        return self._predict(read_file(path), str(path), session, normalise)
+
+    def predict_batch(self, paths: Iterable[PathLike], *, normalise: str = "speaker",
+                      errors: str = "raise") -> list[Result]:
+        """The emotion of each file, in order; ``normalise="speaker"`` treats the files as one
+        speaker (their voice statistics normalise each one), as ``koemo predict`` does.
+
+        ``errors="skip"`` leaves out files that are not usable audio instead of raising.
+        """
+        return [r for _path, r in self.iter_batch(paths, normalise=normalise, errors=errors)
+                if isinstance(r, Result)]
+
+    def iter_batch(self, paths: Iterable[PathLike], *, normalise: str = "speaker",
+                   errors: str = "raise") -> Iterator[tuple[str, Union[Result, BadInputError]]]:
+        """``(path, Result)`` per file as each is done; with ``errors="skip"`` a bad file yields
+        ``(path, BadInputError)`` and the batch goes on. The loop ``koemo predict`` runs."""
+        if errors not in ("raise", "skip"):
+            raise KoemoError(f"errors={errors!r}: use 'raise' or 'skip'")
+        if normalise not in NORMALISE_MODES:
+            raise KoemoError(f"normalise={normalise!r}: use one of {', '.join(NORMALISE_MODES)}")
+        files = [str(p) for p in paths]
+        failed: dict[str, BadInputError] = {}
+        session = None
+        if normalise == "speaker" and self.predictor.speech_stage.normaliser is not None:
+            # first pass: every file's voice statistics, so each file is normalised by all of them
+            session = Session()
+            for path in files:
+                try:
+                    self.predictor.observe(read_file(path), session, name=path)
+                except BadInputError as e:
+                    if errors == "raise":
+                        raise
+                    failed[path] = e
+        for path in files:
+            if path in failed:
+                yield path, failed[path]
+                continue
+            try:
+                result = self.predictor.predict(read_file(path), name=path, session=session,
+                                                normalise=normalise, update_session=False)
+            except BadInputError as e:
+                if errors == "raise":
+                    raise
+                yield path, e
+                continue
+            yield path, Result.from_dict(path, result)
+
+    def session(self) -> Session:
+        """A new speaker/call session for :meth:`predict` and :meth:`predict_file`."""
+        return Session()
+
+    def _predict(self, samples: np.ndarray, name: str, session: Session | None, normalise: str | None) -> Result:
+        return Result.from_dict(name, self.predictor.predict(samples, name=name, session=session, normalise=normalise))
+
+
+def read_file(path: PathLike) -> np.ndarray:
+    """A recording as 16 kHz mono float32, refusing a WAV cut short of what its header declares."""
+    from koemo.data.audio import load_audio
+    from koemo.serving.limits import check_wav_complete
+
+    p = Path(path)
+    if p.suffix.lower() == ".wav" and p.is_file():
+        with open(p, "rb") as f:
+            check_wav_complete(f.read(), str(p))
+    return load_audio(p)
