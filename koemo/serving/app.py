@@ -24,7 +24,9 @@ from pydantic import BaseModel, Field
 from koemo.errors import BadInputError, KoemoError
 from koemo.serving.limits import Limits, RejectedAudio, decode_audio
 from koemo.serving.predictor import Predictor
+from koemo.serving.security import Security, error_response, install_security, tag_service_log
 from koemo.serving.sessions import NORMALISE_MODES, SESSION_ID, Sessions
+from koemo.serving.stream import register_stream
 
 log = logging.getLogger("koemo.serving")
 
@@ -100,9 +102,7 @@ _PREDICT_BODY = {
 
 
 def _error(where: str, problem: str, status: int) -> JSONResponse:
-    body = {"error": f"{where}: {problem}", "file": where, "problem": problem, "status": status}
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return error_response(where, problem, status, {"Retry-After": "1"} if status == 503 else None)
 
 
 class _TooLarge(Exception):
@@ -123,27 +123,55 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, str]:
-    sent = False
+def _parse_multipart(content_type: str, body: bytes) -> tuple[bytes, str]:
+    """The ``file`` part of a multipart body (already in memory, bounded), parsed in memory.
 
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    Not starlette's ``Request.form()``: it spools file parts over 1 MB to a temporary file on
+    disk, and uploaded recordings must never touch the disk.
+    """
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise RejectedAudio(UPLOAD_NAME, "malformed multipart body (missing boundary)", 422)
+    parts: list[dict[str, Any]] = []
+    header = [b"", b""]
+
+    def on_part_begin() -> None:
+        if len(parts) >= 9:
+            raise ValueError("more than 9 parts")
+        parts.append({"disposition": b"", "data": bytearray()})
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"] += data[start:end]
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        if header[0].lower() == b"content-disposition":
+            parts[-1]["disposition"] = header[1]
+        header[0], header[1] = b"", b""
 
     try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+        parser = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_header_field": on_header_field,
+            "on_header_value": on_header_value, "on_header_end": on_header_end,
+        })
+        parser.write(body)
+        parser.finalize()
     except Exception as e:  # noqa: BLE001 - malformed multipart comes in many shapes
         raise RejectedAudio(UPLOAD_NAME, f"malformed multipart body ({str(e).splitlines()[0] if str(e) else type(e).__name__})", 422) from None
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        raise RejectedAudio(UPLOAD_NAME, "multipart body has no file field named 'file'", 422)
-    name = (upload.filename or UPLOAD_NAME).replace("\n", " ")[:200]
-    data = await upload.read()
-    await form.close()
-    return data, name
+    for part in parts:
+        _, options = parse_options_header(part["disposition"])
+        if options.get(b"name") == b"file" and b"filename" in options:
+            filename = options[b"filename"].decode("utf-8", "replace")
+            return bytes(part["data"]), (filename or UPLOAD_NAME).replace("\n", " ")[:200]
+    raise RejectedAudio(UPLOAD_NAME, "multipart body has no file field named 'file'", 422)
 
 
 def _parse_json(body: bytes) -> tuple[bytes, str]:
@@ -161,9 +189,12 @@ def _parse_json(body: bytes) -> tuple[bytes, str]:
     return data, name
 
 
-def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
-    """The FastAPI app serving ``predictor`` (already loaded) under ``limits``."""
+def create_app(predictor: Predictor, limits: Limits | None = None, security: Security | None = None) -> FastAPI:
+    """The FastAPI app serving ``predictor`` (already loaded) under ``limits``; ``security``: API
+    keys, rate limit, CORS, transcript logging (default: open, no CORS, no transcripts logged)."""
     limits = limits or predictor.limits
+    security = security or Security()
+    tag_service_log()
     app = FastAPI(
         title="koemo",
         summary="Korean multimodal speech emotion recognition robust to ASR errors",
@@ -180,6 +211,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
     body_limit = limits.max_upload_bytes * 4 // 3 + 64 * 1024
 
     sessions = Sessions()
+    register_stream(app, predictor, limits, sessions=sessions, limiter=limiter)  # WebSocket /v1/stream
 
     def run_job(data: bytes, name: str, session_id: str | None, normalise: str | None) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -207,6 +239,22 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         responses={code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()},
     )
     async def predict(request: Request, session: Optional[str] = None, normalise: Optional[str] = None):
+        started = time.perf_counter()
+        response = await _predict(request, session, normalise)
+        _access_log(response, started)
+        return response
+
+    def _access_log(response: Any, started: float) -> None:
+        """One line per prediction; the transcript only with ``log_transcripts`` (personal data)."""
+        took = time.perf_counter() - started
+        if isinstance(response, dict):
+            extra = f" transcript={response['transcript']!r}" if security.log_transcripts else ""
+            log.info("predict 200 %.2fs file=%r label=%s audio=%.1fs%s", took, response["file"],
+                     response["label"], response["duration"], extra)
+        else:
+            log.info("predict %d %.2fs %s", response.status_code, took, bytes(response.body).decode("utf-8", "replace"))
+
+    async def _predict(request: Request, session: Optional[str], normalise: Optional[str]):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if session is not None and not SESSION_ID.fullmatch(session):
@@ -230,7 +278,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
                     UPLOAD_NAME, f"request body is {e.args[0] / 2**20:.1f} MB or more; the limit is {limits.max_upload_mb:g} MB", 413
                 ) from None
             if ctype == "multipart/form-data":
-                data, name = await _parse_multipart(request, body)
+                data, name = _parse_multipart(request.headers.get("content-type", ""), body)
             elif ctype == "application/json":
                 data, name = _parse_json(body)
             else:
@@ -287,4 +335,5 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         return FileResponse(str(static / "index.html"), media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    install_security(app, security)
     return app

@@ -25,6 +25,7 @@ class Limits:
     segment_over_s: float = 15.0  # longer audio is cut into utterances by voice activity
     workers: int = 1  # requests predicted at the same time (each uses all torch threads)
     max_queue: int = 16  # requests waiting for a worker beyond which the service answers 503
+    max_streams: int = 4  # WebSocket streams (/v1/stream) open at the same time
 
     @property
     def max_upload_bytes(self) -> int:

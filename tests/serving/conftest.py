@@ -139,3 +139,29 @@ def wav_bytes(audio: np.ndarray, sr: int = 16000, subtype: str = "PCM_16") -> by
     buf = io.BytesIO()
     sf.write(buf, audio, sr, format="WAV", subtype=subtype)
     return buf.getvalue()
+
+
+class _FixedWords:
+    """A stand-in recogniser: always the same words, and one log line from the worker thread."""
+
+    words = "비밀 문장 SECRET-TRANSCRIPT"
+
+    def transcribe(self, audio):
+        import logging
+
+        logging.getLogger("koemo.serving").info("fake ASR on %d samples", len(audio))
+        return self.words
+
+
+def fake_predictor():
+    """A Predictor without models (fixed transcript, fixed distribution, angry on top): for tests
+    of the HTTP layer that need no real prediction."""
+    from koemo.serving.limits import Limits
+    from koemo.serving.predictor import Predictor
+
+    return Predictor(
+        labels=LABELS, asr=_FixedWords(), speech_encoder=lambda a: np.zeros((4, 8), np.float32),
+        text_encoder=lambda t: np.zeros((1, 4), np.float32),
+        classify=lambda s, t: (np.array([0.1, 0.2, 0.3, 0.4]), {"audio": 0.5, "text": 0.5}),
+        limits=Limits(segment_over_s=0), overlap=False,
+    )

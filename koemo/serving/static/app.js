@@ -27,9 +27,25 @@ function status(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
+// ---- API key (only when the service runs with --api-keys): kept for this tab only ----
+const KEY_STORE = "koemo-api-key";
+$("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
+$("api-key").addEventListener("change", () => {
+  sessionStorage.setItem(KEY_STORE, $("api-key").value.trim());
+  loadModelInfo();
+});
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
 async function loadModelInfo() {
   try {
-    const r = await fetch("/v1/model");
+    const r = await fetch("/v1/model", { headers: authHeaders() });
+    if (r.status === 401 || r.status === 403) {
+      $("model-info").textContent = r.status === 401 ? "this service needs an API key" : "API key not recognised";
+      return;
+    }
     const m = await r.json();
     const enc = m.encoders ? Object.entries(m.encoders).map(([k, v]) => `${k}: ${v.name || v}`).join(", ") : "";
     $("model-info").textContent =
@@ -51,7 +67,7 @@ async function send(blob, name) {
   const t0 = performance.now();
   let r, body;
   try {
-    r = await fetch("/v1/predict", { method: "POST", body: form });
+    r = await fetch("/v1/predict", { method: "POST", body: form, headers: authHeaders() });
     body = await r.json();
   } catch (e) {
     status(`${name}: the service did not answer (${e})`, true);
@@ -163,5 +179,100 @@ $("record").addEventListener("click", async () => {
   $("record").classList.add("recording");
   status("Recording… press Stop when done.");
 });
+
+// ---- live microphone: 16 kHz PCM16 over the WebSocket /v1/stream, one result per utterance ----
+let live = null;
+
+function streamUrl() {
+  const u = new URL("/v1/stream?format=pcm16&sample_rate=16000", location.href);
+  u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+  return u.href;
+}
+
+// Float32 at `rate` -> Int16 at 16 kHz: the mean of each output sample's input samples.
+function downsampler(rate) {
+  const step = rate / 16000;
+  let next = step, seen = 0, sum = 0, count = 0;
+  return (input) => {
+    const out = new Int16Array(Math.ceil(input.length / step) + 1);
+    let k = 0;
+    for (let i = 0; i < input.length; i++) {
+      sum += input[i]; count++; seen++;
+      if (seen >= next) {
+        const v = Math.max(-1, Math.min(1, sum / count));
+        out[k++] = v < 0 ? v * 32768 : v * 32767;
+        sum = 0; count = 0; next += step;
+      }
+    }
+    return out.subarray(0, k);
+  };
+}
+
+function showUtterance(m) {
+  const p = m.probabilities[m.label];
+  $("live-list").append(el("li", { "data-label": m.label }, `${m.start.toFixed(1)}–${m.end.toFixed(1)} s · `,
+    el("b", { style: { color: color(m.label) } }, `${m.label} ${KOREAN[m.label] || ""}`),
+    ` ${pct(p)} · ${m.transcript || "—"} `, el("span", { class: "muted" }, `(+${m.latency_s.toFixed(1)} s)`)));
+}
+
+function stopLive() {
+  if (!live) return;
+  const { ws, stream, ctx } = live;
+  stream.getTracks().forEach((t) => t.stop());
+  ctx.close();
+  if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "end" }));
+  $("live").textContent = "◉ Microphone (live)";
+  $("live").classList.remove("recording");
+  live = null;
+}
+
+async function startLive() {
+  if (!navigator.mediaDevices || !window.AudioContext) {
+    status("the microphone needs a secure context (https or localhost) and Web Audio", true);
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
+  } catch (e) {
+    status(`microphone: ${e.message || e}`, true);
+    return;
+  }
+  // Browsers cannot set headers on a WebSocket: the key travels as a subprotocol "koemo.key.KEY".
+  const key = $("api-key").value.trim();
+  const ws = new WebSocket(streamUrl(), key ? ["koemo", `koemo.key.${key}`] : ["koemo"]);
+  ws.binaryType = "arraybuffer";
+  const ctx = new AudioContext();
+  const source = ctx.createMediaStreamSource(stream);
+  const node = ctx.createScriptProcessor(4096, 1, 1);
+  const down = downsampler(ctx.sampleRate);
+  node.onaudioprocess = (e) => {
+    const pcm = down(e.inputBuffer.getChannelData(0));
+    if (ws.readyState === WebSocket.OPEN && pcm.length) ws.send(pcm.buffer.slice(pcm.byteOffset, pcm.byteOffset + pcm.byteLength));
+  };
+  source.connect(node);
+  node.connect(ctx.destination);
+  live = { ws, stream, ctx };
+  $("live-list").replaceChildren();
+  $("live-result").hidden = false;
+  $("live").textContent = "■ Stop live";
+  $("live").classList.add("recording");
+  status("Connecting…");
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.type === "ready") status("Listening… pause after each sentence; press Stop when done.");
+    else if (m.type === "utterance") showUtterance(m);
+    else if (m.type === "error") status(m.error, true);
+    else if (m.type === "end") status(`Live: ${m.utterances} utterance(s) in ${m.duration.toFixed(1)} s.`);
+  };
+  ws.onclose = (e) => {
+    if (e.code !== 1000 && e.code !== 1005 && !$("status").classList.contains("error")) {
+      status(`live stream closed (${e.code}${e.reason ? ": " + e.reason : ""})`, true);
+    }
+    stopLive();
+  };
+}
+
+$("live").addEventListener("click", () => (live ? stopLive() : startLive()));
 
 loadModelInfo();
