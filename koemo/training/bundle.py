@@ -16,6 +16,10 @@ This module is the one owner of the bundle contract; the trainer writes through 
                           statistics), when there are any
       resume.pt           optimiser/model/RNG state of the last finished epoch (only while the
                           run is incomplete; removed when training ends)
+      fusion.onnx         the fusion head exported to ONNX, and ``fusion.int8.onnx`` its int8
+                          dynamic quantisation, each with a ``.json`` sidecar: written only by
+                          ``koemo export`` (:mod:`koemo.serving.export`), never by training (a
+                          retrained bundle is a new directory without them)
 
 Every update builds the whole directory under a temporary name beside ``OUT`` and swaps it in
 with two renames (``OUT`` -> ``OUT.old-*``, temp -> ``OUT``), so a kill leaves either the previous
@@ -53,6 +57,8 @@ CONFIG = "config.yaml"
 RESUME = "resume.pt"
 PREDICTIONS = "predictions"
 INPUTS = "inputs.safetensors"
+ONNX = "fusion.onnx"  # koemo export (koemo.serving.export); sidecar: ONNX + ".json"
+ONNX_INT8 = "fusion.int8.onnx"
 
 
 # ---------------------------------------------------------------------------------------------
