@@ -4,8 +4,10 @@ Joins ``--clips`` real EmotionTTS clips of 3-5 s with ``--gap`` seconds of silen
 recording as 16 kHz PCM16 in 100 ms chunks at the pace of the audio (as a microphone would) over a
 WebSocket. For each utterance it prints:
 
-- ``delay``: wall time from sending the chunk holding the utterance's end (as VAD reports it) to
-  receiving its result: what a user waits after they stop speaking;
+- ``first``: wall time from sending the chunk holding the utterance's end (as VAD reports it) to
+  the first answer for it: its ``partial`` (computed during the pause, ``early=1``) when the pause
+  lasted, else its result: what a user waits after they stop speaking;
+- ``delay``: the same to the utterance's final result (sent when VAD closes it);
 - ``vad``: the part VAD waits by design (``closed_at - end``: ~1 s of silence must follow, since a
   pause under 0.8 s between padded utterances joins them);
 - ``server``: the service's part (``latency_s``: from receiving the closing audio to sending the
@@ -14,7 +16,7 @@ WebSocket. For each utterance it prints:
 Usage::
 
     python benchmarks/bench_stream.py [--url ws://127.0.0.1:8000] [--key KEY] [--model BUNDLE]
-                                      [--clips 6] [--gap 1.5] [--merge-gap 0.8]
+                                      [--clips 6] [--gap 1.5] [--merge-gap 0.8] [--early 1]
 
 Without ``--url`` the service runs in-process (uvicorn on a free loopback port) with ``--model``
 (default: the bundle ``make demo`` trains). Loops are bounded by the recording's length.
@@ -84,7 +86,7 @@ async def stream(url: str, audio: np.ndarray, key: str | None, chunk_s: float = 
 
     step = int(chunk_s * 16000)
     sent_at: list[float] = []  # wall time each chunk was sent
-    results, ending = [], {}
+    results, ending, partials = [], {}, {}
     protocols = ["koemo"] + ([f"koemo.key.{key}"] if key else [])
     async with websockets.connect(url + "/v1/stream?format=pcm16&sample_rate=16000" + query, subprotocols=protocols,
                                   max_size=2**20) as ws:
@@ -95,9 +97,13 @@ async def stream(url: str, audio: np.ndarray, key: str | None, chunk_s: float = 
         async def receive():
             async for raw in ws:
                 msg = json.loads(raw)
-                if msg["type"] == "utterance":
+                if msg["type"] in ("utterance", "partial"):
                     k = min(int(msg["end"] / chunk_s), len(sent_at) - 1)  # the chunk holding the end
-                    results.append((msg, time.perf_counter() - sent_at[k]))
+                    delay = time.perf_counter() - sent_at[k]
+                    if msg["type"] == "partial":
+                        partials[msg["index"]] = (msg, delay)
+                    else:
+                        results.append((msg, delay))
                 elif msg["type"] == "error":
                     print("error:", msg, file=sys.stderr)
                 elif msg["type"] == "end":
@@ -113,7 +119,13 @@ async def stream(url: str, audio: np.ndarray, key: str | None, chunk_s: float = 
             await ws.send(pcm)
         await ws.send(json.dumps({"type": "end"}))
         await asyncio.wait_for(reader, 120)
-    return results, ending
+    # the first answer for each utterance: its partial when one came with the same span
+    firsts = []
+    for msg, delay in results:
+        early = partials.get(msg["index"])
+        same = early is not None and (early[0]["start"], early[0]["end"]) == (msg["start"], msg["end"])
+        firsts.append(min(delay, early[1]) if same else delay)
+    return list(zip(results, firsts)), ending
 
 
 def main() -> None:
@@ -125,6 +137,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=6)
     ap.add_argument("--gap", type=float, default=1.5, help="seconds of silence between the clips")
     ap.add_argument("--merge-gap", type=float, help="the stream's merge_gap (default: the service's, 0.8 s)")
+    ap.add_argument("--early", type=int, default=1, choices=(0, 1),
+                    help="1: the service computes each result during the pause and sends it as a partial")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
 
@@ -135,14 +149,15 @@ def main() -> None:
     # warm-up (the first prediction loads and compiles lazily): one utterance, not measured
     asyncio.run(stream(url.rstrip("/"), audio[: int((args.gap + picked[0].duration + 1.2) * 16000)], args.key, pace=False))
     query = f"&merge_gap={args.merge_gap:g}" if args.merge_gap is not None else ""
+    query += f"&early={args.early}"
     results, ending = asyncio.run(stream(url.rstrip("/"), audio, args.key, query=query))
     rows = []
-    for msg, delay in results:
+    for (msg, delay), first in results:
         row = {"start": msg["start"], "end": msg["end"], "seconds": round(msg["end"] - msg["start"], 2),
-               "delay": round(delay, 3), "vad": round(msg["closed_at"] - msg["end"], 3),
+               "first": round(first, 3), "delay": round(delay, 3), "vad": round(msg["closed_at"] - msg["end"], 3),
                "server": msg["latency_s"], "label": msg["label"], "transcript": msg["transcript"]}
         rows.append(row)
-        print(f"{row['start']:6.2f}-{row['end']:6.2f} s ({row['seconds']:.1f} s): delay {row['delay']:.2f} s "
+        print(f"{row['start']:6.2f}-{row['end']:6.2f} s ({row['seconds']:.1f} s): first {row['first']:.2f} s, delay {row['delay']:.2f} s "
               f"= vad {row['vad']:.2f} + server {row['server']:.2f} (+ transport) · {row['label']} · {row['transcript']}")
     if predictor is not None:  # the same utterances through predict() alone, one after another
         for row in rows:
@@ -151,7 +166,7 @@ def main() -> None:
             row["predict_alone"] = round(time.perf_counter() - t, 3)
         print("predict() alone on the same utterances: " + ", ".join(f"{r['predict_alone']:.2f}" for r in rows) + " s")
     summary = {k: {"p50": round(pct([r[k] for r in rows], 50), 3), "max": round(max(r[k] for r in rows), 3)}
-               for k in ("delay", "vad", "server", "predict_alone") if rows and k in rows[0]}
+               for k in ("first", "delay", "vad", "server", "predict_alone") if rows and k in rows[0]}
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
     print(f"{len(rows)} utterances (end message: {ending}; load average {load}); " +
           "; ".join(f"{k} p50 {v['p50']:.2f} s, max {v['max']:.2f} s" for k, v in summary.items()))

@@ -39,6 +39,31 @@ class Session:
         return self._moments
 
 
+class TrialSession(Session):
+    """A session seen through a prediction that may be dropped (a stream's early result): it
+    reads as ``base`` plus what was added here, and touches ``base`` only on :meth:`commit`."""
+
+    def __init__(self, base: Session) -> None:
+        super().__init__()
+        self.base = base
+
+    def add(self, moments: Moments) -> Moments:
+        own = super().add(moments)
+        base = self.base.moments
+        return own if base is None else base + own
+
+    @property
+    def moments(self) -> Moments | None:
+        base, own = self.base.moments, self._moments
+        return base if own is None else own if base is None else base + own
+
+    def commit(self) -> None:
+        """Add what this trial added to the base session (once)."""
+        own, self._moments = self._moments, None
+        if own is not None:
+            self.base.add(own)
+
+
 class Sessions:
     """At most ``max_sessions`` sessions, least recently used dropped first, idle ones expire."""
 

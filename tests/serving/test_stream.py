@@ -15,7 +15,7 @@ import pytest
 from koemo.data.audio import SAMPLE_RATE, load_audio
 from koemo.serving.limits import Limits
 from koemo.serving.segment import SegmentConfig, cut, speech_spans
-from koemo.serving.stream import StreamSegmenter
+from koemo.serving.vad_stream import StreamSegmenter
 from tests.serving.conftest import LABELS
 
 GAP = 1.5  # seconds of silence between the clips
@@ -98,6 +98,27 @@ def test_utterances_close_about_one_second_after_their_end(recording):
     assert seg.flush() == []
 
 
+def test_tentative_is_the_utterance_that_then_closes(recording):
+    """During each pause, tentative() names the utterance that closes if the pause lasts: the last
+    one named before an utterance closes is that utterance (span and samples); a pause the next
+    speech bridges (0.6 s here, under the merge gap) names one that never closes; and asking
+    changes nothing."""
+    seg, closed, named = StreamSegmenter(), [], []
+    for i in range(0, len(recording), 1600):
+        for u in seg.feed(recording[i : i + 1600]):
+            assert named and named[-1].span == u.span
+            np.testing.assert_array_equal(named[-1].audio, u.audio)
+            closed.append(u)
+        t = seg.tentative()
+        if t is not None and (not named or named[-1].span != t.span):
+            named.append(t)
+    closed += seg.flush()
+    assert [u.span for u in closed] == [u.span for u in run(recording, [1600])] == speech_spans(recording)
+    assert len(named) == len(closed) + 1  # one pause was bridged
+    assert seg.tentative() is None  # flushed
+    assert StreamSegmenter().tentative() is None
+
+
 def test_segmenter_edge_cases(serving_utts):
     assert StreamSegmenter().flush() == []
     assert run(silence(3.0), [1600]) == []
@@ -176,7 +197,7 @@ def chunks(data: bytes, size: int) -> list[bytes]:
 @pytest.mark.parametrize("middleware", [False, True], ids=["bare", "behind-asgi-middleware"])
 def test_protocol_on_stand_in(recording, middleware):
     client, predictor = fake_client(middleware=middleware)
-    with client.websocket_connect("/v1/stream?format=pcm16", subprotocols=["koemo"]) as ws:
+    with client.websocket_connect("/v1/stream?format=pcm16&early=0", subprotocols=["koemo"]) as ws:
         msgs = converse(ws, chunks(pcm16(recording), 3200))
     ref = speech_spans(recording)
     utts = [m for m in msgs if m["type"] == "utterance"]
@@ -190,7 +211,7 @@ def test_protocol_on_stand_in(recording, middleware):
 def test_merge_gap_query_answers_sooner(recording):
     """merge_gap=0: utterances are not joined across pauses, so each closes ~0.5 s sooner."""
     client, _ = fake_client()
-    with client.websocket_connect("/v1/stream?merge_gap=0") as ws:
+    with client.websocket_connect("/v1/stream?merge_gap=0&early=0") as ws:
         assert ws.receive_json()["segment"]["merge_gap_s"] == 0
         for f in chunks(pcm16(recording), 3200):
             ws.send_bytes(f)
@@ -385,11 +406,64 @@ def test_page_live_microphone(live_server, serving_utts, tmp_path):
         driver.get(live_server + "/")
         driver.find_element(By.ID, "live").click()
         wait = WebDriverWait(driver, 90)
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#live-list li")) >= 2)
-        items = driver.find_elements(By.CSS_SELECTOR, "#live-list li")
+        # partials (dimmed) come first; each is replaced by its utterance's result
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#live-list li:not(.partial)")) >= 2)
+        items = driver.find_elements(By.CSS_SELECTOR, "#live-list li:not(.partial)")
+        assert len({li.get_attribute("data-index") for li in items}) == len(items)
         assert all(li.get_attribute("data-label") in LABELS for li in items)
         assert any("\uac00" <= ch <= "\ud7a3" for ch in items[0].text), items[0].text
         driver.find_element(By.ID, "live").click()  # stop: the page sends end, the server answers end
         wait.until(lambda d: "utterance(s)" in d.find_element(By.ID, "status").text)
     finally:
         driver.quit()
+
+
+class SessionPredictor(FakePredictor):
+    """Adds each utterance's 'voice statistics' (one frame per 10 ms) to the session it is given."""
+
+    def predict(self, audio, *, name="", session=None, normalise=None):
+        from koemo.fusion.inputs import Moments
+
+        if session is not None:
+            session.add(Moments.of(np.ones((len(audio) // 160, 2), np.float32)))
+        return super().predict(audio, name=name, session=session, normalise=normalise)
+
+
+@pytest.mark.parametrize("early", ["1", "0"])
+def test_early_results_come_as_partials_and_never_reach_the_session_twice(recording, early):
+    """early=1 (the default): a result computed during each pause goes out at once as a
+    ``partial`` and, when the pause lasts, is the utterance's result; the one for a bridged pause
+    is dropped, and the speaker session holds each utterance exactly once either way."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from koemo.serving.sessions import Sessions
+    from koemo.serving.stream import register_stream
+
+    app, predictor, sessions = FastAPI(), SessionPredictor(), Sessions()
+    register_stream(app, predictor, Limits(), sessions=sessions)
+    with TestClient(app).websocket_connect(f"/v1/stream?session=spk-1&early={early}") as ws:
+        msgs = converse(ws, chunks(pcm16(recording), 3200))
+    ref = speech_spans(recording)
+    utts = [m for m in msgs if m["type"] == "utterance"]
+    partials = [m for m in msgs if m["type"] == "partial"]
+    assert [(m["start"], m["end"]) for m in utts] == [(s.start, s.end) for s in ref]
+    assert sessions.get("spk-1").moments.n == sum(int(s.duration * SAMPLE_RATE) // 160 for s in ref)
+    if early == "0":
+        assert not partials and predictor.seen == pytest.approx([s.duration for s in ref], abs=2e-3)
+        return
+    assert len(predictor.seen) == len(ref) + 1  # one early result dropped: the 0.6 s pause
+    closing = {(m["start"], m["end"]): m for m in utts}
+    kept = [p for p in partials if (p["start"], p["end"]) in closing]
+    assert len(kept) >= len(ref) - 1  # the last utterance may close before its partial is sent
+    for p in kept:
+        u = closing[(p["start"], p["end"])]
+        assert p["index"] == u["index"] and p["label"] == u["label"] and p["probabilities"] == u["probabilities"]
+        assert msgs.index(p) < msgs.index(u)
+
+
+def test_early_query_is_checked():
+    client, _ = fake_client()
+    with client.websocket_connect("/v1/stream?early=yes") as ws:
+        msg = ws.receive_json()
+    assert msg["type"] == "error" and "early='yes'" in msg["problem"]

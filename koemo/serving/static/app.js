@@ -208,11 +208,16 @@ function downsampler(rate) {
   };
 }
 
+// A partial (computed during a pause) shows dimmed; the utterance's result with the same index replaces it.
 function showUtterance(m) {
   const p = m.probabilities[m.label];
-  $("live-list").append(el("li", { "data-label": m.label }, `${m.start.toFixed(1)}–${m.end.toFixed(1)} s · `,
+  const item = el("li", { "data-label": m.label, "data-index": String(m.index), class: m.type === "partial" ? "partial" : "" },
+    `${m.start.toFixed(1)}–${m.end.toFixed(1)} s · `,
     el("b", { style: { color: color(m.label) } }, `${m.label} ${KOREAN[m.label] || ""}`),
-    ` ${pct(p)} · ${m.transcript || "—"} `, el("span", { class: "muted" }, `(+${m.latency_s.toFixed(1)} s)`)));
+    ` ${pct(p)} · ${m.transcript || "—"} `, el("span", { class: "muted" }, `(+${m.latency_s.toFixed(1)} s)`));
+  const old = $("live-list").querySelector(`li[data-index="${m.index}"]`);
+  if (old) old.replaceWith(item);
+  else $("live-list").append(item);
 }
 
 function stopLive() {
@@ -261,7 +266,7 @@ async function startLive() {
   ws.onmessage = (e) => {
     const m = JSON.parse(e.data);
     if (m.type === "ready") status("Listening… pause after each sentence; press Stop when done.");
-    else if (m.type === "utterance") showUtterance(m);
+    else if (m.type === "utterance" || m.type === "partial") showUtterance(m);
     else if (m.type === "error") status(m.error, true);
     else if (m.type === "end") status(`Live: ${m.utterances} utterance(s) in ${m.duration.toFixed(1)} s.`);
   };
