@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ def log_mel_windows(audio: np.ndarray, n_mels: int = 80) -> tuple[np.ndarray, li
 
 
 _FE: dict[int, object] = {}
+_CAPTURE = threading.local()  # encode_windows: the window outputs of this thread's encoder pass
 
 
 def _feature_extractor(n_mels: int):
@@ -233,6 +235,29 @@ class WhisperBaseEncoder(SpeechEncoder):
         return self._torch
 
     def _encode(self, audio: np.ndarray) -> np.ndarray:
+        out, keep = self._window_outputs(audio)
+        capture = getattr(_CAPTURE, "windows", None)
+        if capture is not None:
+            capture.append(out)
+        return np.concatenate([out[w, :k] for w, k in enumerate(keep)])
+
+    def encode_windows(self, audio: np.ndarray, where: str = "<audio>") -> tuple[np.ndarray, np.ndarray | None]:
+        """``encode``'s frames plus the final layer's output over all 1500 frames of each 30 s
+        window (``[windows, 1500, dim]``, what a Whisper decoder reads), from the same pass;
+        None where this encoder does not compute the final layer (``layer=k`` < last).
+        :mod:`koemo.asr.shared_pass` decodes the transcript from it, so one pass serves both."""
+        _CAPTURE.windows = []
+        try:
+            frames = self.encode(audio, where)
+            out = _CAPTURE.windows[-1]
+        finally:
+            _CAPTURE.windows = None
+        if self.stacked:
+            return frames, np.ascontiguousarray(out[:, :, -1, :])  # the last of the stack is the final (normed) output
+        return frames, (np.ascontiguousarray(out) if self.layer is None else None)
+
+    def _window_outputs(self, audio: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The encoder output over every whole window, and the frames of each that cover the audio."""
         mels, keep = log_mel_windows(audio)
         if self.backend == "ct2":
             import ctranslate2
@@ -247,7 +272,7 @@ class WhisperBaseEncoder(SpeechEncoder):
                 out = torch.stack(res.hidden_states, dim=2).numpy()
             else:
                 out = res.last_hidden_state.numpy()
-        return np.concatenate([out[w, :k] for w, k in enumerate(keep)])
+        return out, keep
 
     def torch_module(self):
         """A fresh fine-tunable module (its own copy of the weights)."""

@@ -35,6 +35,11 @@ def predict(
                                   "speaker = the files of this call are one speaker/session (their voice statistics "
                                   "normalise each one); file = each recording by its own utterances; none = the "
                                   "training corpus's statistics. Too few clips fall back to the corpus."),
+    runtime: str = typer.Option("torch", "--runtime", help="How the fusion head runs: torch (with the audio/text "
+                                "contribution), onnx or onnx-int8 (onnxruntime; the bundle's `koemo export`, "
+                                "else exported once into the cache; no contribution)."),
+    shared_pass: bool = typer.Option(True, "--shared-pass/--no-shared-pass", help="Decode the transcript from the "
+                                     "speech encoder's Whisper pass (one encoder pass per clip) where the model allows."),
 ) -> None:
     """Transcribe each file, recognise its emotion and print the distribution and the top label."""
     from koemo.data.audio import load_audio
@@ -55,7 +60,8 @@ def predict(
     if normalise not in NORMALISE_MODES:
         raise KoemoError(f"--normalise {normalise!r}: use one of {', '.join(NORMALISE_MODES)}")
     predictor = load_predictor(
-        model, asr=asr, limits=Limits(max_duration_s=0, segment_over_s=segment_over)
+        model, asr=asr, limits=Limits(max_duration_s=0, segment_over_s=segment_over), runtime=runtime,
+        shared_pass=shared_pass,
     )
     skips = SkipLog("files")
     total = len(files)
@@ -127,23 +133,92 @@ def serve(
     max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", help="Largest upload accepted (413 beyond)."),
     max_duration: float = typer.Option(300.0, "--max-duration", help="Longest audio accepted in seconds (413 beyond)."),
     segment_over: float = typer.Option(15.0, "--segment-over", help="Cut recordings longer than this (s) into utterances."),
+    api_keys: Optional[Path] = typer.Option(None, "--api-keys", help="Key file (`koemo keys add FILE NAME`): every "
+                                            "endpoint but /v1/health and the web page then needs a key. Default: open."),
+    rate_limit: int = typer.Option(60, "--rate-limit", help="Requests per minute per API key (429 beyond); 0: no limit."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="Origin allowed to call the API from a browser "
+                                          "(repeatable), e.g. https://app.example.com. Default: none."),
+    log_transcripts: bool = typer.Option(False, "--log-transcripts", help="Write transcripts to the log (personal data; off by default)."),
+    shared_pass: bool = typer.Option(True, "--shared-pass/--no-shared-pass", help="Decode the transcript from the "
+                                     "speech encoder's Whisper pass (one encoder pass per clip) where the model allows."),
 ) -> None:
     """Serve the model over HTTP: POST /v1/predict, GET /v1/health, GET /v1/model, docs at /docs, web page at /."""
+    import logging
+
     import uvicorn
 
+    from koemo.errors import KoemoError
     from koemo.serving.app import create_app
     from koemo.serving.limits import Limits
     from koemo.serving.loader import load_predictor
+    from koemo.serving.security import KeyStore, Security, is_loopback, uvicorn_log_config
 
+    if rate_limit < 0:
+        raise KoemoError(f"--rate-limit {rate_limit}: use 0 (no limit) or more requests per minute")
+    security = Security(
+        keys=KeyStore.load(api_keys) if api_keys else None, rate_limit=rate_limit,
+        cors_origins=tuple(cors_origin), log_transcripts=log_transcripts,
+    )
     limits = Limits(
         max_upload_mb=max_upload_mb, max_duration_s=max_duration, segment_over_s=segment_over, workers=workers
     )
-    predictor = load_predictor(model, asr=asr, limits=limits)
-    app = create_app(predictor, limits)
-    typer.echo(f"koemo serving on http://{host}:{port}/ (API docs at /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    predictor = load_predictor(model, asr=asr, limits=limits, shared_pass=shared_pass)
+    app = create_app(predictor, limits, security)
+    log_config = uvicorn_log_config()
+    if security.keys is None and not is_loopback(host):
+        logging.getLogger("koemo.serving").warning(
+            "listening on %s without API keys: anyone who can reach this port can use the service "
+            "(pass --api-keys FILE)", host)
+    typer.echo(f"koemo serving on http://{host}:{port}/ (API docs at /docs)"
+               + (f"; {len(security.keys.names())} API key(s)" if security.keys else ""), err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config)
+
+
+keys_app = typer.Typer(help="API keys for `koemo serve --api-keys FILE` (the file keeps only their hashes).",
+                       no_args_is_help=True)
+
+
+@keys_app.command("add")
+def keys_add(
+    file: Path = typer.Argument(..., help="Key file (created with mode 0600 if missing)."),
+    name: str = typer.Argument(..., help="A name for the key (who or what uses it): 1-64 letters, digits or ._-"),
+) -> None:
+    """Make a new random key, append its hash to FILE and print the key: it is shown only this once."""
+    from koemo.serving.security import add_key
+
+    key = add_key(file, name)
+    typer.echo(f"added key {name!r} to {file}; it is shown only now:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(file: Path = typer.Argument(..., help="Key file.")) -> None:
+    """The names of the keys in FILE (the keys themselves are not stored)."""
+    from koemo.serving.security import KeyStore
+
+    for name in KeyStore.load(file).names():
+        typer.echo(name)
+
+
+def export(
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle directory (or a training run's: its best bundle)."),
+    format_: str = typer.Option("onnx", "--format", help="Export format: onnx."),
+    int8: bool = typer.Option(False, "--int8", help="Quantise the weights to int8 (onnxruntime dynamic quantisation)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: BUNDLE/fusion.onnx, "
+                                       "or BUNDLE/fusion.int8.onnx with --int8); a .json sidecar goes beside it."),
+) -> None:
+    """Export the bundle's fusion head to ONNX, checked equal to PyTorch before it is written."""
+    from koemo.serving.export import export_onnx
+
+    r = export_onnx(bundle, out, int8=int8, fmt=format_)
+    typer.echo(f"wrote {r.path} ({r.bytes} bytes; {r.fusion} fusion head, opset {r.opset}"
+               f"{', int8' if r.int8 else ''}) and {r.sidecar.name}")
+    typer.echo(f"{r.metric} vs PyTorch: {r.max_diff:.3g} (tolerance {r.tolerance:g}); "
+               f"top label agrees on {r.argmax_agree}/{r.checks} random inputs")
 
 
 def register(root: typer.Typer) -> None:
     root.command("predict")(predict)
+    root.command("export")(export)
     root.command("serve")(serve)
+    root.add_typer(keys_app, name="keys")

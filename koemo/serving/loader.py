@@ -69,9 +69,11 @@ def predictor_from_parts(
     contribution: bool = True,
     speech_stage: SpeechStage | None = None,
     temperature: float = 1.0,
+    classify=None,
 ) -> Predictor:
     """A predictor from loaded parts: ``asr.transcribe``, ``speech_encoder.encode(audio)``,
-    ``text_encoder.encode([text])`` and a fusion ``nn.Module``."""
+    ``text_encoder.encode([text])`` and a fusion ``nn.Module``; ``classify``: run the fusion
+    another way (an exported head, :func:`koemo.serving.export.onnx_classifier`) instead."""
     described = {
         "asr": getattr(asr, "name", type(asr).__name__),
         "encoders": {
@@ -86,7 +88,7 @@ def predictor_from_parts(
         asr=asr,
         speech_encoder=speech_encoder.encode,
         text_encoder=lambda text: text_encoder.encode([text])[0],
-        classify=fusion_classifier(fusion, contribution=contribution, temperature=temperature),
+        classify=classify or fusion_classifier(fusion, contribution=contribution, temperature=temperature),
         info=described,
         limits=limits or Limits(),
         speech_stage=speech_stage or SpeechStage(),
@@ -130,10 +132,21 @@ def bundle_asr(meta: dict[str, Any], config: dict[str, Any]) -> str:
     return (config.get("asr") or {}).get("backend") or "whisper-base"
 
 
-def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: Limits) -> Predictor:
-    """Load the model bundle at ``path`` (default: :func:`default_bundle_dir`) with its encoders."""
+#: how the fusion head runs: PyTorch (with the Grad-CAM contribution), or its ONNX export in
+#: onnxruntime, float32 or int8 (no contribution: :mod:`koemo.serving.export`)
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+
+
+def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: Limits,
+                   runtime: str = "torch", shared_pass: bool = True) -> Predictor:
+    """Load the model bundle at ``path`` (default: :func:`default_bundle_dir`) with its encoders;
+    ``runtime`` (:data:`RUNTIMES`) says how the fusion head runs. ``shared_pass``: where the
+    speech encoder is Whisper base's and the recogniser whisper-base, decode the transcript from
+    the speech encoder's pass (:mod:`koemo.asr.shared_pass`) instead of encoding twice."""
     from koemo.encoders import get_speech_encoder, get_text_encoder
 
+    if runtime not in RUNTIMES:
+        raise KoemoError(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     explicit = path is not None
     path = Path(path).expanduser() if explicit else default_bundle_dir()
     if not path.exists():
@@ -175,10 +188,38 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
     }
     info["normalise"] = stage.normaliser.mode if stage.normaliser else "none"
     info["temperature"] = temperature
-    return predictor_from_parts(
-        bundle.labels, get_asr(asr_name), speech, text, bundle.model, info=info, limits=limits,
-        speech_stage=stage, temperature=temperature,
+    info["runtime"] = runtime
+    classify = None
+    if runtime != "torch":
+        from koemo.serving.export import onnx_classifier, onnx_for_bundle
+
+        onnx_file = onnx_for_bundle(bundle, int8=runtime == "onnx-int8")
+        info["onnx"] = str(onnx_file)
+        classify = onnx_classifier(onnx_file, temperature)
+    shared = get_shared_pass(speech, asr_name) if shared_pass else None
+    info["shared_pass"] = shared is not None
+    predictor = predictor_from_parts(
+        bundle.labels, shared or get_asr(asr_name), speech, text, bundle.model, info=info, limits=limits,
+        speech_stage=stage, temperature=temperature, classify=classify,
     )
+    predictor.joint = shared.joint if shared is not None else None
+    return predictor
+
+
+_SHARED: dict[tuple[int, str], Any] = {}
+
+
+def get_shared_pass(speech_encoder, asr_name: str):
+    """A :class:`koemo.asr.shared_pass.SharedWhisper` over ``speech_encoder`` when its pass can
+    feed the ``asr_name`` recogniser's decoder, else None; built once per process."""
+    from koemo.asr.shared_pass import SharedWhisper, shares_pass
+
+    if not shares_pass(speech_encoder, asr_name):
+        return None
+    key = (id(speech_encoder), asr_name)
+    if key not in _SHARED:
+        _SHARED[key] = SharedWhisper(speech_encoder)
+    return _SHARED[key]
 
 
 def speech_stage_of(bundle) -> SpeechStage:

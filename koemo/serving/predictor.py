@@ -70,6 +70,9 @@ class Predictor:
     serial: bool = False
     # Run the speech encoder in a helper thread while ASR and the text encoder run.
     overlap: bool = True
+    # audio -> (transcript, speech features, {"asr": s, "speech_encoder": s}) from one encoder
+    # pass (koemo.asr.shared_pass); when set it replaces ``asr`` + ``speech_encoder`` in predict.
+    joint: Callable[[np.ndarray], tuple[str, Any, dict[str, float]]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _pool: Any = field(default=None, repr=False)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -171,7 +174,12 @@ class Predictor:
         return self._run_encoders(audio, timings)
 
     def _run_encoders(self, audio: np.ndarray, timings: dict[str, float]):
-        if self.overlap:
+        if self.joint is not None:
+            # One Whisper encoder pass gives the speech features and the decoder's input.
+            transcript, speech, split = self.joint(audio)
+            text, t_text = _timed(self.text_encoder, transcript)
+            t_asr, t_speech = split["asr"], split["speech_encoder"]
+        elif self.overlap:
             # The speech encoder does not need the transcript: run it beside ASR -> text encoder.
             # faster-whisper's decoder leaves cores idle, so this shortens the wall time.
             speech_job = self._side_pool().submit(_timed, self.speech_encoder, audio)
