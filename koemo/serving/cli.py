@@ -25,6 +25,13 @@ def audio_files(target: Path) -> list[Path]:
     return [target]
 
 
+RuntimeOpt = typer.Option("torch", "--runtime", help="How the fusion head runs: torch (with the audio/text "
+                          "contribution), onnx or onnx-int8 (onnxruntime; the bundle's `koemo export`, else "
+                          "exported once into the cache; no contribution).")
+SharedPassOpt = typer.Option(True, "--shared-pass/--no-shared-pass", help="Decode the transcript from the speech "
+                             "encoder's Whisper pass (one encoder pass per clip) where the model allows.")
+
+
 def predict(
     targets: list[Path] = typer.Argument(..., metavar="FILE_OR_DIR...", help="Audio files, or directories of them (searched recursively)."),
     model: Optional[Path] = ModelOpt,
@@ -35,17 +42,15 @@ def predict(
                                   "speaker = the files of this call are one speaker/session (their voice statistics "
                                   "normalise each one); file = each recording by its own utterances; none = the "
                                   "training corpus's statistics. Too few clips fall back to the corpus."),
-    runtime: str = typer.Option("torch", "--runtime", help="How the fusion head runs: torch (with the audio/text "
-                                "contribution), onnx or onnx-int8 (onnxruntime; the bundle's `koemo export`, "
-                                "else exported once into the cache; no contribution)."),
-    shared_pass: bool = typer.Option(True, "--shared-pass/--no-shared-pass", help="Decode the transcript from the "
-                                     "speech encoder's Whisper pass (one encoder pass per clip) where the model allows."),
+    runtime: str = RuntimeOpt,
+    shared_pass: bool = SharedPassOpt,
 ) -> None:
-    """Transcribe each file, recognise its emotion and print the distribution and the top label."""
-    from koemo.data.audio import load_audio
-    from koemo.errors import BadInputError, KoemoError, SkipLog
-    from koemo.serving.limits import Limits, check_wav_complete
-    from koemo.serving.loader import load_predictor
+    """Transcribe each file, recognise its emotion and print the distribution and the top label.
+
+    The loop is :meth:`koemo.Recognizer.iter_batch`, so the command and the Python API agree."""
+    from koemo.errors import KoemoError, SkipLog
+    from koemo.serving.recognizer import Recognizer
+    from koemo.serving.sessions import NORMALISE_MODES
 
     files = []
     for target in targets:
@@ -55,72 +60,50 @@ def predict(
         if not found:
             raise KoemoError(f"{target}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) found")
         files.extend(found)
-    from koemo.serving.sessions import NORMALISE_MODES, Session
-
     if normalise not in NORMALISE_MODES:
         raise KoemoError(f"--normalise {normalise!r}: use one of {', '.join(NORMALISE_MODES)}")
-    predictor = load_predictor(
-        model, asr=asr, limits=Limits(max_duration_s=0, segment_over_s=segment_over), runtime=runtime,
-        shared_pass=shared_pass,
-    )
+    rec = Recognizer.from_pretrained(model if model is not None else "default", asr=asr, runtime=runtime,
+                                     segment_over=segment_over, shared_pass=shared_pass)
     skips = SkipLog("files")
-    total = len(files)
-    session = None
-    if normalise == "speaker" and predictor.speech_stage.normaliser is not None:
-        # first pass: every file's voice statistics, so each file is normalised by all of them
-        session = Session()
-        for path in list(files):
-            try:
-                predictor.observe(load_audio(path), session, name=str(path))
-            except BadInputError as e:
-                skips.skip(e)
-                files.remove(path)
     table = None
     if not json_:
         from rich.table import Table
 
-        table = Table(title=f"emotion ({len(files)} file{'s' if len(files) != 1 else ''})")
+        table = Table()
         table.add_column("file", overflow="fold", max_width=24)
         table.add_column("span", justify="right", no_wrap=True)
         table.add_column("label", style="bold", no_wrap=True)
-        for label in predictor.labels:
+        for label in rec.labels:
             table.add_column(label[:7], justify="right", no_wrap=True)
         table.add_column("transcript", overflow="fold")
-    for path in files:
-        try:
-            if path.suffix.lower() == ".wav" and path.is_file():
-                check_wav_complete(path.read_bytes(), str(path))
-            result = predictor.predict(load_audio(path), name=str(path), session=session, normalise=normalise,
-                                       update_session=False)
-        except BadInputError as e:
-            skips.skip(e)
+    done = 0
+    for path, result in rec.iter_batch(files, normalise=normalise, errors="skip"):
+        if isinstance(result, Exception):
+            skips.skip(result)
             continue
+        done += 1
         if json_:
-            sys.stdout.write(json.dumps({"file": str(path), **result}, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
             sys.stdout.flush()
             continue
-        probs = result["probabilities"]
-        segmented = len(result["segments"]) > 1
-        transcript = result["transcript"]
+        probs = result.probabilities
+        segmented = len(result.segments) > 1
+        transcript = result.transcript
         if segmented and len(transcript) > 40:  # each utterance's text is on its own row below
             transcript = transcript[:39] + "…"
-        table.add_row(
-            path.name, f"{result['duration']:.1f} s", result["label"],
-            *(f"{probs[lab]:.2f}" for lab in predictor.labels), transcript,
-        )
+        table.add_row(Path(path).name, f"{result.duration:.1f} s", result.label,
+                      *(f"{probs[lab]:.2f}" for lab in rec.labels), transcript)
         if segmented:
-            for seg in result["segments"]:
-                table.add_row(
-                    "", f"{seg['start']:.1f}-{seg['end']:.1f}", seg["label"],
-                    *(f"{seg['probabilities'][lab]:.2f}" for lab in predictor.labels), seg["transcript"],
-                    style="dim",
-                )
+            for seg in result.segments:
+                table.add_row("", f"{seg.start:.1f}-{seg.end:.1f}", seg.label,
+                              *(f"{seg.probabilities[lab]:.2f}" for lab in rec.labels), seg.transcript, style="dim")
     if table is not None and table.row_count:
         from rich.console import Console
 
+        table.title = f"emotion ({done} file{'s' if done != 1 else ''})"
         Console().print(table)
     if len(skips):
-        typer.echo(skips.summary(total - len(skips)), err=True)
+        typer.echo(skips.summary(len(files) - len(skips)), err=True)
         raise typer.Exit(1)
 
 
@@ -139,8 +122,8 @@ def serve(
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Origin allowed to call the API from a browser "
                                           "(repeatable), e.g. https://app.example.com. Default: none."),
     log_transcripts: bool = typer.Option(False, "--log-transcripts", help="Write transcripts to the log (personal data; off by default)."),
-    shared_pass: bool = typer.Option(True, "--shared-pass/--no-shared-pass", help="Decode the transcript from the "
-                                     "speech encoder's Whisper pass (one encoder pass per clip) where the model allows."),
+    runtime: str = RuntimeOpt,
+    shared_pass: bool = SharedPassOpt,
 ) -> None:
     """Serve the model over HTTP: POST /v1/predict, GET /v1/health, GET /v1/model, docs at /docs, web page at /."""
     import logging
@@ -162,7 +145,7 @@ def serve(
     limits = Limits(
         max_upload_mb=max_upload_mb, max_duration_s=max_duration, segment_over_s=segment_over, workers=workers
     )
-    predictor = load_predictor(model, asr=asr, limits=limits, shared_pass=shared_pass)
+    predictor = load_predictor(model, asr=asr, limits=limits, runtime=runtime, shared_pass=shared_pass)
     app = create_app(predictor, limits, security)
     log_config = uvicorn_log_config()
     if security.keys is None and not is_loopback(host):

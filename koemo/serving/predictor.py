@@ -8,6 +8,7 @@ distribution is the duration-weighted mean of its utterances'.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from dataclasses import dataclass, field
@@ -182,7 +183,8 @@ class Predictor:
         elif self.overlap:
             # The speech encoder does not need the transcript: run it beside ASR -> text encoder.
             # faster-whisper's decoder leaves cores idle, so this shortens the wall time.
-            speech_job = self._side_pool().submit(_timed, self.speech_encoder, audio)
+            # (in this request's context: its log lines carry the request id)
+            speech_job = self._side_pool().submit(contextvars.copy_context().run, _timed, self.speech_encoder, audio)
             try:
                 transcript, t_asr = _timed(self.asr.transcribe, audio)
                 text, t_text = _timed(self.text_encoder, transcript)

@@ -105,27 +105,32 @@ class Recognizer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: PathLike = "default", *, asr: str | None = None,
-                        runtime: str = "torch", segment_over: float = 15.0) -> "Recognizer":
+                        runtime: str = "torch", segment_over: float = 15.0,
+                        shared_pass: bool = True) -> "Recognizer":
         """Load a model bundle: a name from :data:`PRETRAINED` (``"default"``: the one ``make
-        demo`` trains, ``$KOEMO_CACHE/bundles/default``) or a bundle directory.
+        demo`` trains, ``$KOEMO_CACHE/bundles/default``) or a bundle directory (a ``Path`` is
+        always a directory).
 
         ``asr``: the speech recogniser (default: the one the bundle was trained for);
-        ``runtime``: ``torch`` or ``onnx``; ``segment_over``: recordings longer than this
-        (seconds) are cut into utterances by voice activity.
+        ``runtime``: ``torch``, ``onnx`` or ``onnx-int8`` (the fusion head on onnxruntime, no
+        contribution); ``segment_over``: recordings longer than this (seconds) are cut into
+        utterances by voice activity; ``shared_pass``: decode the transcript from the speech
+        encoder's Whisper pass where the model allows (one encoder pass per clip).
         """
         from koemo.serving.loader import load_predictor
 
         key = str(name_or_path)
-        if key in PRETRAINED:
+        if isinstance(name_or_path, str) and key in PRETRAINED:
             path, explicit = PRETRAINED[key](), key != "default"
         else:
             path, explicit = Path(name_or_path).expanduser(), True
-            if not path.exists() and "/" not in key and "\\" not in key and not key.startswith("."):
+            if isinstance(name_or_path, str) and not path.exists() and "/" not in key and "\\" not in key \
+                    and not key.startswith("."):
                 raise KoemoError(f"{key}: neither a model bundle directory nor a known model "
                                  f"({', '.join(sorted(PRETRAINED))})")
         limits = Limits(max_duration_s=0, segment_over_s=segment_over)
-        kwargs = {"runtime": runtime} if runtime != "torch" else {}
-        return cls(load_predictor(path if explicit else None, asr=asr, limits=limits, **kwargs))
+        return cls(load_predictor(path if explicit else None, asr=asr, limits=limits, runtime=runtime,
+                                  shared_pass=shared_pass))
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ import re
 import stat
 import tempfile
 
+import numpy as np
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
@@ -305,6 +306,22 @@ def test_log_lines_carry_the_request_id_even_from_the_worker_thread(caplog):
     access = [rec for rec in records if rec.getMessage().startswith("predict ")]
     assert [(rec.request_id, rec.getMessage().split()[1]) for rec in access] == [("req-1", "200"), ("req-2", "422")]
     assert request_id.get() == "-"  # nothing leaks out of the request
+
+
+def test_the_speech_encoder_thread_logs_with_the_request_id(caplog):
+    """The speech encoder runs in the predictor's own helper thread beside ASR: its lines carry
+    the request's id too (the context is copied into that thread)."""
+    from dataclasses import replace
+
+    def speech(audio):
+        logging.getLogger("koemo.serving").info("fake speech encoder")
+        return np.zeros((4, 8), np.float32)
+
+    client = TestClient(create_app(replace(fake_predictor(), speech_encoder=speech, overlap=True)))
+    with caplog.at_level(logging.INFO, logger="koemo.serving"):
+        assert predict(client, {"X-Request-ID": "req-9"}).status_code == 200
+    lines = [rec for rec in caplog.records if rec.getMessage() == "fake speech encoder"]
+    assert lines and lines[0].request_id == "req-9" and lines[0].threadName.startswith("koemo-speech")
 
 
 def test_uvicorn_and_koemo_log_formats_show_the_request_id(monkeypatch):
