@@ -41,13 +41,21 @@ def train(recipe: str = "emotiontts", *, fusion: str | None = None, text_train: 
 
 def reproduce(recipe: str = "emotiontts", *, seeds: int | None = None, fast: bool = False,
               out: str | Path = "results", gradcam: bool = True, overrides: Sequence[str] = (),
-              data_dir: str | Path | None = None, only: str | None = None) -> dict[str, Any]:
+              data_dir: str | Path | None = None, only: str | None = None,
+              ray: bool | str = False) -> dict[str, Any]:
     """``koemo reproduce`` as a function: trains the recipe's grid (cached, resumable), writes
-    ``out/REPORT.md`` and returns the results document (what ``out/results.json`` holds)."""
+    ``out/REPORT.md`` and returns the results document (what ``out/results.json`` holds).
+    ``ray``: True runs it on a local Ray cluster (``--ray``), an address on that cluster
+    (``--ray-address``; docs/scaling.md)."""
     from koemo.experiments.cli import grid_recipe
     from koemo.experiments.reproduce import reproduce as run
 
     cfg = grid_recipe(recipe, seeds=seeds, fast=fast, overrides=overrides)
     command = f"koemo.reproduce({recipe!r}, seeds={seeds!r}, fast={fast!r})"
-    return run(cfg, str(out), data_dir, command=command, gradcam=gradcam, inputs_path=None,
-               save_inputs_path=None, shard=None, prepare_only=False, only=only)
+    from contextlib import nullcontext
+
+    from koemo.distributed import engine
+
+    with engine(ray if isinstance(ray, str) else None) if ray else nullcontext():
+        return run(cfg, str(out), data_dir, command=command, gradcam=gradcam, inputs_path=None,
+                   save_inputs_path=None, shard=None, prepare_only=False, only=only)

@@ -16,6 +16,16 @@ log = logging.getLogger("koemo")
 class KoemoError(Exception):
     """An error whose message is written for the user."""
 
+    def __reduce__(self):  # pickled whole (worker processes, Ray), not rebuilt by calling __init__(message)
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> KoemoError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class BadInputError(KoemoError):
     """A file or record that cannot be used, with where it is and what is wrong."""

@@ -73,3 +73,14 @@ def require_model():
             pytest.fail(str(e))
 
     return get
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs, as in CI) for every Ray test of the session (Ray comes with
+    ``pip install -e '.[all,dev]'``; a missing Ray fails these tests, it does not skip them)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

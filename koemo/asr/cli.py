@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from koemo.cliutil import DataDirOpt, JsonOpt, RecipeOpt, SetOpt, print_json, recipe_from
+from koemo.cliutil import (DataDirOpt, JsonOpt, RayAddressOpt, RayGpusOpt, RayOpt, RecipeOpt, SetOpt, print_json,
+                           ray_engine, recipe_from)
 
 
 def transcribe(
@@ -28,6 +29,9 @@ def transcribe(
     overrides: Optional[list[str]] = SetOpt,
     data_dir: Optional[str] = DataDirOpt,
     json_: bool = JsonOpt,
+    ray: bool = RayOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    ray_gpus: float = RayGpusOpt,
 ) -> None:
     """Transcribe every utterance of the recipe's dataset into the manifest column asr:<backend>, or asr:<backend>@<noise>-<snr>db with noise.
 
@@ -41,10 +45,11 @@ def transcribe(
     noise = noise if noise is not None else asr.noise
     snr = snr if snr is not None else asr.snr
     path, _ = load_or_prepare(cfg, data_dir)
-    report = transcribe_manifest(
-        path, backend or asr.backend, noise, snr, asr.seed if seed is None else seed, asr.jobs if jobs is None else jobs,
-        sample=sample,
-    )
+    with ray_engine(ray, ray_address, ray_gpus):  # --ray: Ray actors instead of --jobs processes
+        report = transcribe_manifest(
+            path, backend or asr.backend, noise, snr, asr.seed if seed is None else seed,
+            asr.jobs if jobs is None else jobs, sample=sample,
+        )
     if json_:
         print_json({"source": report.source, "manifest": str(path), "transcripts": len(report.texts),
                     "new": report.computed, "cached": report.cached, "skipped": len(report.skips)})

@@ -14,6 +14,7 @@ import multiprocessing
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -72,6 +73,17 @@ def _worker_init(backend_name: str, options: dict, condition: NoiseCondition | N
 
 def _worker_run(utt: Utterance) -> tuple[str, str | None, BadInputError | None]:
     return _attempt(_WORKER["backend"], utt, _WORKER["noise"])
+
+
+def _actor_backend(backend_name: str, options: dict, condition: NoiseCondition | None,
+                   pool: list[Utterance]) -> tuple[ASRBackend, NoiseMaker | None]:
+    """A Ray actor's state (:func:`koemo.distributed.map_actors`): the backend, built once."""
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    return make_backend(backend_name, **options), (NoiseMaker(condition, pool) if condition else None)
+
+
+def _actor_run(state: tuple[ASRBackend, NoiseMaker | None], utt: Utterance) -> tuple[str, str | None, BadInputError | None]:
+    return _attempt(state[0], utt, state[1])
 
 
 def transcribe_utterances(
@@ -139,7 +151,18 @@ def transcribe_utterances(
 
 @contextmanager
 def _results(recogniser, backend, options, condition, pool, pending, jobs) -> Iterator:
-    """(id, text, error) per pending utterance, in this process or in ``jobs`` worker processes."""
+    """(id, text, error) per pending utterance, in this process, in ``jobs`` worker processes, or
+    on Ray actors (inside :func:`koemo.distributed.engine`: ``--ray``), each building the backend once."""
+    from koemo import distributed
+
+    if distributed.active() and pending:
+        factory = partial(_actor_backend, backend, options, condition, list(pool))
+        results = distributed.map_actors(factory, pending, _actor_run, plugins=distributed.plugin_modules(recogniser))
+        try:
+            yield (result for _, result in results)
+        finally:
+            results.close()  # stops the actors when the caller leaves early
+        return
     if jobs <= 1 or len(pending) <= 1:
         maker = NoiseMaker(condition, pool) if condition else None
         yield (_attempt(recogniser, u, maker) for u in pending)

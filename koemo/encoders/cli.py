@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from koemo.cliutil import DataDirOpt, JsonOpt, RecipeOpt, SetOpt, print_json, recipe_from
+from koemo.cliutil import (DataDirOpt, JsonOpt, RayAddressOpt, RayGpusOpt, RayOpt, RecipeOpt, SetOpt, print_json,
+                           ray_engine, recipe_from)
 
 features = typer.Typer(help="The feature store: encoder outputs cached per utterance.", no_args_is_help=True)
 encoders = typer.Typer(help="Speech and text encoders: list, train the FastText baseline.", no_args_is_help=True)
@@ -25,16 +26,16 @@ def extract(
     limit: Optional[int] = typer.Option(None, help="Only the first N utterances (for trials)."),
     overrides: Optional[list[str]] = SetOpt,
     data_dir: Optional[str] = DataDirOpt,
+    ray: bool = RayOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    ray_gpus: float = RayGpusOpt,
 ) -> None:
-    """Encode every utterance of the recipe's manifest and cache the results (resumable)."""
+    """Encode every utterance of the recipe's manifest and cache the results (resumable; --ray: on Ray actors)."""
     import logging
-    import time
     from pathlib import Path
 
     from koemo.data.prepare import load_or_prepare
-    from koemo.encoders import encoder_kind
-    from koemo.encoders.store import FeatureStore, check_sources
-    from koemo.errors import SkipLog
+    from koemo.encoders.store import FeatureStore
 
     cfg = recipe_from(recipe, overrides)
     _, utts = load_or_prepare(cfg, data_dir)
@@ -44,6 +45,17 @@ def extract(
     sources = text_source or ["gold"]
     store = FeatureStore(Path(store_dir) if store_dir else None)
     log = logging.getLogger("koemo")
+    with ray_engine(ray, ray_address, ray_gpus):
+        _extract(store, utts, names, sources, layer, cfg, log)
+
+
+def _extract(store, utts, names, sources, layer, cfg, log) -> None:
+    import time
+
+    from koemo.encoders import encoder_kind
+    from koemo.encoders.store import check_sources
+    from koemo.errors import SkipLog
+
     for name in names:
         kind = encoder_kind(name)
         runs = [None] if kind == "speech" else sources

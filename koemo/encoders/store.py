@@ -21,7 +21,9 @@ import hashlib
 import json
 import logging
 import re
+from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -153,16 +155,14 @@ class FeatureStore:
         if todo:
             from tqdm import tqdm
 
-            from koemo.data.audio import load_audio
-
             desc = f"features {encoder_name}" + (" (augmented)" if transform is not None else "")
-            for u, path in tqdm(todo, desc=desc, unit="utt", disable=not progress):
+            arrays = _speech_arrays(enc, (encoder_name, layer, options), todo, transform)
+            for (u, path), got in tqdm(arrays, total=len(todo), desc=desc, unit="utt", disable=not progress):
                 where = f"{u.id} ({u.audio})"
                 try:
-                    audio = load_audio(u.audio, start=u.start, end=u.end, allow_silent=True, name=where)
-                    if transform is not None:
-                        audio = transform(u, audio)
-                    self._write(path, enc.encode(audio, where=where), where)
+                    if isinstance(got, BadInputError):
+                        raise got
+                    self._write(path, got, where)
                 except BadInputError as e:
                     self._fail(e, skips)
                     continue
@@ -210,15 +210,16 @@ class FeatureStore:
             truncated_before = enc.truncated
             with tqdm(total=len(items), desc=f"features {encoder_name} [{source}]", unit="text",
                       disable=not progress) as bar:
-                for start in range(0, len(items), TEXT_BATCH):
-                    batch = items[start : start + TEXT_BATCH]
-                    wheres = [f"{ids[0]} ({source} text)" for _, _, ids in batch]
-                    try:
-                        arrays = enc.encode([t for t, _, _ in batch], where=wheres)
-                    except BadInputError as e:
-                        self._fail(e, skips)
+                batches = [[(t, f"{ids[0]} ({source} text)") for t, _, ids in items[start : start + TEXT_BATCH]]
+                           for start in range(0, len(items), TEXT_BATCH)]
+                for i, got in _text_arrays(enc, (encoder_name, layer, options), batches):
+                    batch = items[i * TEXT_BATCH : (i + 1) * TEXT_BATCH]
+                    wheres = [w for _, w in batches[i]]
+                    if isinstance(got, BadInputError):
+                        self._fail(got, skips)
                         bar.update(len(batch))
                         continue
+                    arrays = got
                     for (text, path, ids), arr, where in zip(batch, arrays, wheres):
                         try:
                             self._write(path, arr, where)
@@ -254,6 +255,74 @@ class FeatureStore:
                 rows.append({"kind": kind, "id": meta["id"], "dim": meta["dim"], "entries": len(files),
                              "mb": round(sum(f.stat().st_size for f in files) / 1e6, 1), "path": str(folder)})
         return rows
+
+
+# --- extraction here, or on Ray actors that build the encoder once (``--ray``) -----------------
+def _speech_arrays(enc, spec: tuple, todo: list, transform) -> Iterator[tuple[tuple, object]]:
+    """((utt, path), float32 array or the BadInputError) per entry to extract, in this process or
+    (inside :func:`koemo.distributed.engine`) on Ray actors; the caller writes them."""
+    from koemo import distributed
+
+    if distributed.active():
+        factory = partial(_speech_actor, *spec, transform)
+        yield from distributed.map_actors(factory, todo, _encode_speech, plugins=distributed.plugin_modules(enc))
+        return
+    for item in todo:
+        yield item, _encode_speech((enc, transform), item)
+
+
+def _speech_actor(name: str, layer, options: dict, transform):
+    from koemo.encoders import get_speech_encoder
+
+    return get_speech_encoder(name, layer=layer, **options), transform
+
+
+def _encode_speech(state, item):
+    from koemo.data.audio import load_audio
+
+    (enc, transform), (u, _) = state, item
+    where = f"{u.id} ({u.audio})"
+    try:
+        audio = load_audio(u.audio, start=u.start, end=u.end, allow_silent=True, name=where)
+        if transform is not None:
+            audio = transform(u, audio)
+        return np.asarray(enc.encode(audio, where=where), dtype=np.float32)
+    except BadInputError as e:
+        return e
+
+
+def _text_arrays(enc, spec: tuple, batches: list[list[tuple[str, str]]]) -> Iterator[tuple[int, object]]:
+    """(batch number, its arrays or the BadInputError) per batch of (text, where); Ray actors'
+    truncation counts are added to ``enc.truncated``."""
+    from koemo import distributed
+
+    if distributed.active():
+        factory = partial(_text_actor, *spec)
+        for (i, _), got in distributed.map_actors(factory, list(enumerate(batches)), _encode_texts,
+                                                  plugins=distributed.plugin_modules(enc)):
+            if not isinstance(got, BadInputError):
+                got, truncated = got
+                enc.truncated += truncated
+            yield i, got
+        return
+    for i, batch in enumerate(batches):
+        got = _encode_texts(enc, (i, batch))
+        yield i, got if isinstance(got, BadInputError) else got[0]
+
+
+def _text_actor(name: str, layer, options: dict):
+    from koemo.encoders import get_text_encoder
+
+    return get_text_encoder(name, layer=layer, **options)
+
+
+def _encode_texts(enc, item):
+    before = enc.truncated
+    try:
+        arrays = enc.encode([t for t, _ in item[1]], where=[w for _, w in item[1]])
+    except BadInputError as e:
+        return e
+    return [np.asarray(a, dtype=np.float32) for a in arrays], enc.truncated - before
 
 
 def check_sources(utts: list[Utterance], sources: list[str]) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from koemo.cliutil import DataDirOpt, RecipeOpt, SetOpt, recipe_from
+from koemo.cliutil import DataDirOpt, RayAddressOpt, RayGpusOpt, RayOpt, RecipeOpt, SetOpt, ray_engine, recipe_from
 
 
 def reproduce(
@@ -29,6 +29,9 @@ def reproduce(
                                       "(and --save-inputs): the CPU half of a run finished on a GPU box."),
     set_: Optional[list[str]] = SetOpt,
     data_dir: Optional[str] = DataDirOpt,
+    ray: bool = RayOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    ray_gpus: float = RayGpusOpt,
 ) -> None:
     """Run the paper's experiments (Table 3, Table 4, ASR table, SNR curve, protocol comparison) and
     write the report. Cached and resumable: a re-run only computes what changed."""
@@ -39,8 +42,9 @@ def reproduce(
 
     cfg = grid_recipe(recipe, seeds=seeds, fast=fast, overrides=set_)
     command = "koemo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    doc = run(cfg, out, data_dir, command=command, gradcam=gradcam, inputs_path=inputs,
-              save_inputs_path=save_inputs, shard=shard, prepare_only=prepare_only, only=only)
+    with ray_engine(ray, ray_address, ray_gpus):  # --ray: transcripts, features and training on Ray
+        doc = run(cfg, out, data_dir, command=command, gradcam=gradcam, inputs_path=inputs,
+                  save_inputs_path=save_inputs, shard=shard, prepare_only=prepare_only, only=only)
     if prepare_only:
         typer.echo(f"inputs prepared ({doc['meta']['wall_time_s'] / 60:.1f} min)"
                    + (f": {save_inputs}" if save_inputs else ""))

@@ -93,6 +93,10 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
                              + ", ".join(sorted({j.slug for j in plan.jobs})))
     if shard is not None:
         units = units[shard[0]::shard[1]]
+    from koemo import distributed
+
+    if distributed.active():  # --ray: train the units as Ray tasks; the loop below then reads their bundles
+        train_on_ray(plan, inputs, units, folds_cache, progress)
     total = sum(len(folds_cache[(job.protocol, seed)]) for job, _, seed in units)
     preds: dict[tuple[Job, str], list] = defaultdict(list)
     partial = shard is not None or only is not None
@@ -126,6 +130,48 @@ def run_jobs(plan: Plan, inputs: Inputs, progress: bool = True,
     log.info("%d folds (%d trained, the rest read from finished bundles) in %.0f s", total, trained,
              time.time() - t0)
     return preds
+
+
+def train_on_ray(plan: Plan, inputs: Inputs, units: list, folds_cache: dict, progress: bool = True) -> int:
+    """Train the (job, tests, seed) ``units`` as Ray tasks (:func:`koemo.distributed.map_tasks`),
+    each writing its fold bundles into the runs dir as :func:`run_jobs` does (a shared filesystem
+    on a cluster of several machines); the inputs go into Ray's object store once. Returns the
+    number of folds trained (the rest were finished bundles)."""
+    from tqdm.auto import tqdm
+
+    from koemo import distributed
+
+    t0, trained = time.time(), 0
+    with tqdm(total=sum(len(folds_cache[(j.protocol, s)]) for j, _, s in units), desc="reproduce (ray)",
+              unit="fold", disable=not progress) as bar:
+        for (job, _, seed), (n_trained, n_folds) in distributed.map_tasks(
+                _train_unit, units, shared=(plan, inputs, folds_cache)):
+            trained += n_trained
+            bar.set_postfix_str(f"{job.slug} seed{seed}"[-60:])
+            bar.update(n_folds)
+    log.info("ray: %d units, %d folds trained in %.0f s", len(units), trained, time.time() - t0)
+    return trained
+
+
+def _train_unit(shared: tuple, unit: tuple) -> tuple[int, int]:
+    """One (job, tests, seed) unit's folds, on a Ray worker: (folds trained, folds)."""
+    from koemo.training.run import run_folds
+
+    plan, inputs, folds_cache = shared
+    job, tests, seed = unit
+    recipe = job_recipe(plan, job, seed)
+    data, spec = feature_data(job, tests, inputs, recipe)
+    folds = folds_cache[(job.protocol, seed)]
+    trained = 0
+
+    def done(outcome) -> None:
+        nonlocal trained
+        trained += outcome.trained
+
+    run_folds(recipe, folds, data, out_for=lambda fold: fold_dir(plan.recipe, job, seed, fold.name),
+              encoders=encoder_meta(job.model, inputs, spec), progress=False, load_reused=False,
+              on_fold=done, input_arrays=spec.arrays() if spec else None)
+    return trained, len(folds)
 
 
 def training_seconds(plan: Plan, inputs: Inputs) -> float:
