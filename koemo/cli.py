@@ -58,9 +58,6 @@ for _module in AREAS:
 
 
 def main() -> None:
-    from koemo.allocator import tune_allocator
-
-    tune_allocator()  # training and serving steps reuse freed memory (koemo/allocator.py)
     try:
         app()
     except KoemoError as e:

@@ -95,6 +95,9 @@ def run_folds(
 
     The folds still to train whose plan says ``stacked`` train together first
     (:mod:`koemo.training.stacked`); the others one at a time, in order."""
+    from koemo.allocator import tune_allocator
+
+    tune_allocator()  # training steps reuse freed memory (koemo/allocator.py); not done for serving
     outs = [out_for(fold) for fold in folds]
     plans = [trainer.plan_fold(recipe, fold, data) for fold in folds]
     reused = [reuse and out is not None and model_for is None and bundles.bundle_done(out, plan.fingerprint)
