@@ -21,7 +21,7 @@ import os
 import sys
 
 # mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
 
 SETTINGS = {
     M_TRIM_THRESHOLD: 1 << 30,  # give the heap back only past 1 GiB free
@@ -47,3 +47,20 @@ def tune_allocator() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _tuned = all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
     return _tuned
+
+
+#: arenas for a service: glibc gives each new thread its own (up to 8 per core), each grows and
+#: fragments on its own, so a threaded server's resident memory creeps up with its thread count
+SERVICE_ARENAS = 2
+
+
+def limit_arenas(n: int = SERVICE_ARENAS) -> bool:
+    """Let all threads share ``n`` malloc arenas (``koemo serve``); True when applied."""
+    if os.environ.get("KOEMO_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_ARENA_MAX, n) == 1

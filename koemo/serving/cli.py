@@ -130,6 +130,7 @@ def serve(
 
     import uvicorn
 
+    from koemo.allocator import limit_arenas
     from koemo.errors import KoemoError
     from koemo.serving.app import create_app
     from koemo.serving.limits import Limits
@@ -145,6 +146,7 @@ def serve(
     limits = Limits(
         max_upload_mb=max_upload_mb, max_duration_s=max_duration, segment_over_s=segment_over, workers=workers
     )
+    limit_arenas()  # before the models and the worker threads allocate (koemo/allocator.py)
     predictor = load_predictor(model, asr=asr, limits=limits, runtime=runtime, shared_pass=shared_pass)
     app = create_app(predictor, limits, security)
     log_config = uvicorn_log_config()
