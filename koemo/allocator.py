@@ -10,8 +10,9 @@ cost is a resident heap that does not shrink after a peak, which a training proc
 Training only (:func:`koemo.training.run.run_folds` applies it): a service runs requests on many
 threads, each with its own glibc arena, and with a 64 MiB top pad and no trimming every arena a
 new thread touches stayed resident: the 10-minute soak of ``koemo serve`` grew 1.50 -> 1.86 GB
-(+24%) in 64-100 MB steps with these settings (docs/serving.md). ``KOEMO_MALLOC=system`` keeps
-glibc's defaults everywhere; other C libraries are left alone.
+(+24%) in 64-100 MB steps with these settings, +14% without them, and +6.7% with the service's
+threads sharing two arenas (:func:`limit_arenas`, what ``koemo serve`` does; docs/serving.md "Soak
+test"). ``KOEMO_MALLOC=system`` keeps glibc's defaults everywhere; other C libraries are left alone.
 """
 
 from __future__ import annotations
