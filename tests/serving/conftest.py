@@ -7,6 +7,7 @@ Kept small for a 2-core machine: 8 clips (2 per emotion) are encoded once per se
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -106,9 +107,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def live_server(app):
-    """uvicorn serving ``app`` on 127.0.0.1:<free port> in a background thread."""
+@contextlib.contextmanager
+def serving(app):
+    """uvicorn serving ``app`` on 127.0.0.1:<free port> in a background thread; yields its URL."""
     import httpx
     import uvicorn
 
@@ -126,9 +127,18 @@ def live_server(app):
             time.sleep(0.1)
     else:
         pytest.fail("uvicorn did not start")
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(app):
+    """uvicorn serving ``app`` on 127.0.0.1:<free port> in a background thread."""
+    with serving(app) as url:
+        yield url
 
 
 def wav_bytes(audio: np.ndarray, sr: int = 16000, subtype: str = "PCM_16") -> bytes:

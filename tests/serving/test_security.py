@@ -507,30 +507,10 @@ def test_is_loopback(host, loopback):
 @pytest.fixture
 def keyed_server(keys):
     """uvicorn serving the keyed app (fake predictor) on a free loopback port."""
-    import threading
-    import time
+    from tests.serving.conftest import serving
 
-    import httpx
-    import uvicorn
-
-    from tests.serving.conftest import free_port
-
-    app = create_app(fake_predictor(), security=Security(keys=KeyStore.load(keys[0])))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(fake_predictor(), security=Security(keys=KeyStore.load(keys[0])))) as url:
+        yield url
 
 
 @pytest.mark.slow  # headless Chromium, as tests/serving/test_browser.py
