@@ -38,16 +38,22 @@ def tune_allocator() -> bool:
     global _tuned
     if _tuned is not None:
         return _tuned
-    _tuned = False
+    mallopt = _mallopt()
+    _tuned = mallopt is not None and all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
+    return _tuned
+
+
+def _mallopt():
+    """glibc's ``mallopt``, or None where koemo leaves the allocator alone (``KOEMO_MALLOC=system``,
+    not Linux, not glibc)."""
     if os.environ.get("KOEMO_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (musl, ...)
-        return False
+        return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _tuned = all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
-    return _tuned
+    return mallopt
 
 
 #: arenas for a service: glibc gives each new thread its own (up to 8 per core), each grows and
@@ -57,11 +63,5 @@ SERVICE_ARENAS = 2
 
 def limit_arenas(n: int = SERVICE_ARENAS) -> bool:
     """Let all threads share ``n`` malloc arenas (``koemo serve``); True when applied."""
-    if os.environ.get("KOEMO_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_ARENA_MAX, n) == 1
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(M_ARENA_MAX, n) == 1
