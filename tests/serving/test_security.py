@@ -496,6 +496,14 @@ def test_serve_refuses_a_bad_key_file(served, tmp_path):
     assert str(r.exception).startswith(f"{tmp_path / 'keys'}:1: ")
 
 
+def test_serve_refuses_a_negative_rate_limit(served):
+    from koemo.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--rate-limit", "-5"])
+    assert r.exit_code != 0 and isinstance(r.exception, KoemoError)
+    assert str(r.exception) == "--rate-limit -5: use 0 (no limit) or more requests per minute"
+
+
 @pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
                                            ("127.0.0.2", True), ("0.0.0.0", False), ("::", False),
                                            ("192.168.1.5", False), ("example.com", False)])
