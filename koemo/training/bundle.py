@@ -66,9 +66,11 @@ ONNX_INT8 = "fusion.int8.onnx"
 
 
 def recover(target: Path) -> None:
-    """If a swap was interrupted (``OUT`` missing, ``OUT.old-*`` present), restore the old one."""
+    """If a swap was interrupted (``OUT`` missing, ``OUT.old-*`` present), restore the old one
+    (of several, the last written: their names are random); remove the other leftovers."""
     target = Path(target)
-    olds = sorted(target.parent.glob(f".{target.name}.old-*")) if target.parent.exists() else []
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: (p.stat().st_mtime, p.name)) \
+        if target.parent.exists() else []
     if not target.exists() and olds:
         os.replace(olds[-1], target)
         olds = olds[:-1]
