@@ -98,3 +98,20 @@ def test_the_history_records_the_cross_entropy_of_a_plain_run_and_its_part_of_a_
     for h in cr.history:
         assert 0 < h["train_ce"] < h["train_loss"] and h["train_kl"] > 0
         assert h["train_loss"] == pytest.approx(h["train_ce"] + h["train_kl"], rel=1e-4)
+
+
+def test_bf16_training_runs_the_training_forward_passes_under_autocast(monkeypatch):
+    import koemo.fusion as fusion
+
+    seen = []
+    build = fusion.build_from_config
+
+    def spy(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_hook(lambda mod, inp, out: seen.append((mod.training, out.dtype)))
+        return model
+
+    monkeypatch.setattr(fusion, "build_from_config", spy)
+    data, fold = feature_data()
+    train_fold(make_recipe(epochs=1, precision="bf16"), fold, data, progress=False)
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
