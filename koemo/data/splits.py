@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -65,11 +65,13 @@ def _deal(keys: list[str], strata: dict[str, str], k: int, rng: np.random.Genera
     return folds
 
 
-def _majority_label(utts: Sequence[Utterance], attr: str) -> dict[str, str]:
-    votes: dict[str, Counter] = defaultdict(Counter)
+def _sole_label(utts: Sequence[Utterance], attr: str) -> dict[str, str]:
+    """The stratum of each speaker / sentence group: its label when all its clips share one,
+    else ``~mixed`` (a stratum of its own)."""
+    labels: dict[str, set[str]] = defaultdict(set)
     for u in utts:
-        votes[getattr(u, attr)][u.label] += 1
-    return {key: (c.most_common(1)[0][0] if len(c) == 1 else "~mixed") for key, c in votes.items()}
+        labels[getattr(u, attr)].add(u.label)
+    return {key: (next(iter(ls)) if len(ls) == 1 else "~mixed") for key, ls in labels.items()}
 
 
 def _hold_out(
@@ -94,7 +96,7 @@ def _hold_out_both(
     speakers = sorted({u.speaker for u in utts})
     n_spk = min(max(1, math.ceil(len(speakers) * fraction)), len(speakers) - 1)
     held_spk = set(rng.choice(speakers, size=n_spk, replace=False).tolist()) if n_spk > 0 else set()
-    strata = _majority_label(utts, "group")
+    strata = _sole_label(utts, "group")
     held_grp: set[str] = set()
     for stratum in sorted(set(strata.values())):
         keys = sorted(k for k, v in strata.items() if v == stratum)
@@ -178,7 +180,7 @@ def _make_folds(utts, protocol, folds, seed, ratios, valid_fraction, no_valid: b
     if protocol in ("speaker", "sentence"):
         attr = "speaker" if protocol == "speaker" else "group"
         _check_groups(utts, attr, folds)
-        strata = _majority_label(utts, attr)
+        strata = _sole_label(utts, attr)
         dealt = _deal(sorted(strata), strata, folds, rng)
         out = []
         for i, held in enumerate(dealt):
@@ -206,7 +208,7 @@ def _make_folds(utts, protocol, folds, seed, ratios, valid_fraction, no_valid: b
     _check_groups(utts, "speaker", folds)
     _check_groups(utts, "group", folds)
     spk_strata = {s: "" for s in {u.speaker for u in utts}}
-    grp_strata = _majority_label(utts, "group")
+    grp_strata = _sole_label(utts, "group")
     spk_folds = _deal(sorted(spk_strata), spk_strata, folds, rng)
     grp_folds = _deal(sorted(grp_strata), grp_strata, folds, rng)
     out = []
