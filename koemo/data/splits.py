@@ -153,7 +153,7 @@ def text_neutral_ids(utts: Sequence[Utterance]) -> set[str]:
     return {u.id for u in utts if u.group and len(labels[u.group]) > 1}
 
 
-def _make_folds(utts, protocol, folds, seed, ratios, valid_fraction, no_valid: bool = False) -> list[Fold]:
+def _make_folds(utts, protocol, folds, seed, ratios, valid_fraction, no_valid: bool) -> list[Fold]:
     if protocol not in PROTOCOLS:
         raise KoemoError(f"unknown split protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
     if not utts:
