@@ -51,7 +51,7 @@ def perturb(audio, rng):
     out *= np.float32(10 ** (rng.uniform(-6.0, 6.0) / 20))
     noise = (white_noise if rng.random() < 0.5 else pink_noise)(len(out), rng)
     out = mix_at_snr(out, noise, float(rng.uniform(15.0, 35.0)))
-    return np.clip(out, -1.0, 1.0), {"speed": round(speed, 4)}
+    return np.clip(out, -1.0, 1.0)
 
 
 def build(n: int, out: Path, seed: int, data_dir: str | None) -> Path:
@@ -76,7 +76,7 @@ def build(n: int, out: Path, seed: int, data_dir: str | None) -> Path:
         path = clips / f"sim{i:06d}.wav"
         if not path.exists():
             rng = np.random.default_rng([seed, i])
-            audio, _ = perturb(load_audio(src.audio, start=src.start, end=src.end), rng)
+            audio = perturb(load_audio(src.audio, start=src.start, end=src.end), rng)
             with atomic_path(path) as tmp:
                 sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         rows.append(Utterance(id=f"sim{i:06d}", audio=str(path), label=src.label, text=src.text,
