@@ -108,6 +108,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_healthy(proc: subprocess.Popen, url: str, limit: float = 300.0, every: float = 0.2) -> float | None:
+    """Seconds until the ``koemo serve`` process ``proc`` answers ``url``/v1/health with 200; None if
+    it exits first; SystemExit after ``limit`` seconds (shared with benchmarks/soak.py)."""
+    import httpx
+
+    t0 = time.perf_counter()
+    while True:
+        if proc.poll() is not None:
+            return None
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        if time.perf_counter() - t0 > limit:
+            raise SystemExit(f"koemo serve did not start in {limit:.0f} s")
+        time.sleep(every)
+
+
 def bench_service(bundle: Path, asr: str | None, data: bytes, runs: int, clients: int, requests: int) -> dict:
     import httpx
 
@@ -117,19 +136,9 @@ def bench_service(bundle: Path, asr: str | None, data: bytes, runs: int, clients
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        t_start = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"koemo serve exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.perf_counter() - t_start > 300:
-                raise SystemExit("koemo serve did not start in 300 s")
-            time.sleep(0.2)
-        startup = time.perf_counter() - t_start
+        startup = wait_until_healthy(proc, url)
+        if startup is None:
+            raise SystemExit(f"koemo serve exited with {proc.returncode}")
 
         def post() -> float:
             t0 = time.perf_counter()

@@ -46,7 +46,7 @@ def perturb(audio, rng):
     from koemo.asr.noise import mix_at_snr, pink_noise, white_noise
 
     speed = float(rng.uniform(0.9, 1.1))
-    n_out = max(1, int(round(len(audio) / speed)))
+    n_out = max(1, round(len(audio) / speed))
     out = np.interp(np.arange(n_out) * speed, np.arange(len(audio)), audio).astype(np.float32)
     out *= np.float32(10 ** (rng.uniform(-6.0, 6.0) / 20))
     noise = (white_noise if rng.random() < 0.5 else pink_noise)(len(out), rng)
@@ -170,8 +170,8 @@ def report(result: dict) -> str:
     fb = result["feature_bytes_per_clip"]
     lines += ["", "Feature store per clip: " + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in fb.items())
               + f"; {TARGET_CLIPS:,} clips: {sum(fb.values()) * TARGET_CLIPS / 2**30:.1f} GiB.", "",
-              f"Projected for {TARGET_CLIPS:,} clips (hours; training: one run, and the 5-seed grid's "
-              f"{result['grid_units']} units):", "",
+              (f"Projected for {TARGET_CLIPS:,} clips (hours; training: one run, and the 5-seed grid's "
+               f"{result['grid_units']} units):"), "",
               "| machines | transcribe | features | one training run | grid | total |", "|--:|--:|--:|--:|--:|--:|"]
     for p in result["projection"]:
         lines.append(f"| {p['machines']} | {p['transcribe_h']} | {p['features_h']} | {p['one_training_run_h']} | "

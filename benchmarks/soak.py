@@ -26,9 +26,7 @@ import asyncio
 import base64
 import io
 import json
-import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from bench_serving import (  # this folder is on sys.path when run as a script
+    free_port,
+    wait_until_healthy,
+)
 
 BAD = ("text-as-wav", "truncated-wav", "empty", "silent", "wrong-type", "no-key", "wrong-key")
 EXPECTED = {"text-as-wav": 415, "truncated-wav": 422, "empty": 422, "silent": 422, "wrong-type": 415,
@@ -49,12 +51,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values, q) -> float | None:
@@ -291,22 +287,11 @@ def main() -> int:
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
-        t0 = time.monotonic()
-        while True:
-            if server.poll() is not None:
-                print((tmp / "server.log").read_text()[-3000:], file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - t0 > 300:
-                raise SystemExit("service did not start in 300 s")
-            time.sleep(0.5)
-        startup = round(time.monotonic() - t0, 1)
+        startup = wait_until_healthy(server, url, every=0.5)
+        if startup is None:
+            print((tmp / "server.log").read_text()[-3000:], file=sys.stderr)
+            return 1
+        startup = round(startup, 1)
         summary = asyncio.run(run(args, url, key, server.pid))
         summary["startup_s"] = startup
     finally:
