@@ -69,13 +69,21 @@ def recover(target: Path) -> None:
     """If a swap was interrupted (``OUT`` missing, ``OUT.old-*`` present), restore the old one
     (of several, the last written: their names are random); remove the other leftovers."""
     target = Path(target)
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: (p.stat().st_mtime, p.name)) \
-        if target.parent.exists() else []
+    olds = list(target.parent.glob(f".{target.name}.old-*")) if target.parent.exists() else []
     if not target.exists() and olds:
-        os.replace(olds[-1], target)
-        olds = olds[:-1]
+        newest = max(olds, key=_written)
+        os.replace(newest, target)
+        olds.remove(newest)
     for old in olds:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _written(path: Path) -> tuple[float, str]:
+    """When ``path`` was last written (0 if it vanished meanwhile: another process's cleanup), then its name."""
+    try:
+        return path.stat().st_mtime, path.name
+    except OSError:
+        return 0.0, path.name
 
 
 @contextlib.contextmanager

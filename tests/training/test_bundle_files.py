@@ -114,3 +114,12 @@ def test_loading_names_what_is_missing_or_unreadable(tmp_path):
     with pytest.raises(KoemoError, match="an end-to-end bundle; pass the encoders' module"):
         load_bundle(e2e)
     json.loads((e2e / "bundle.json").read_text())  # still valid JSON after all of the above
+
+
+def test_a_leftover_removed_by_another_process_meanwhile_counts_as_oldest(tmp_path):
+    from koemo.training.bundle import _written
+
+    gone = tmp_path / ".x.old-gone"
+    assert _written(gone) == (0.0, ".x.old-gone")
+    (tmp_path / ".x.old-here").mkdir()
+    assert _written(tmp_path / ".x.old-here")[0] > 0.0
