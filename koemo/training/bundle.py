@@ -169,7 +169,7 @@ def write_bundle(
 # reading
 
 
-def _upgrade_v1(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+def _upgrade_v1(meta: dict[str, Any]) -> dict[str, Any]:
     """A ``koemo-bundle/1`` bundle's metadata in the current form: its model section gains the
     fields added since (``options``, and ``audio_pool`` for the oldest), at their defaults."""
     from koemo.config import ModelConfig, to_dict
@@ -180,7 +180,7 @@ def _upgrade_v1(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     return {**meta, "format": FORMAT}
 
 
-_READERS = {"koemo-bundle/1": _upgrade_v1, FORMAT: lambda meta, path: meta}
+_READERS = {"koemo-bundle/1": _upgrade_v1, FORMAT: lambda meta: meta}
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if reader is None:
         raise KoemoError(f"{path}: bundle format {meta.get('format')!r}, this koemo reads "
                          f"{', '.join(sorted(_READERS))}")
-    return reader(meta, path)
+    return reader(meta)
 
 
 def update_meta(path: str | Path, meta: dict[str, Any]) -> None:
