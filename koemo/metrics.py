@@ -74,8 +74,9 @@ def confusion_matrix(
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` in float64 whatever ``num``'s type (counts too), 0 where ``den`` is not positive."""
     num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
+    den = np.asarray(den)
     out = np.zeros_like(num)
     np.divide(num, den, out=out, where=den > 0)
     return out
@@ -83,7 +84,7 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def row_normalise(cm: np.ndarray) -> np.ndarray:
     """Each row divided by its sum (the recall view); an empty row stays zeros."""
-    cm = np.asarray(cm, dtype=np.float64)
+    cm = np.asarray(cm)
     return _safe_div(cm, cm.sum(axis=1, keepdims=True))
 
 

@@ -13,7 +13,7 @@ import pytest
 from koemo.calibration import ece as expected_calibration_error
 from koemo.errors import KoemoError
 from koemo.metrics import (Prediction, aggregate, aggregate_metrics, compute_metrics, confusion_matrix,
-                           metrics_of, write_predictions)
+                           metrics_from_confusion, metrics_of, read_predictions, write_predictions)
 
 LABELS = ["a", "b", "c"]
 TRUE = ["a", "a", "b", "b", "c", "c"]
@@ -74,6 +74,21 @@ def test_serialised_forms_keep_integers_integers_and_six_decimals():
     assert a["confusion_normalised"][0] == [0.333333, 0.333333, 0.333333]
 
 
+def test_predictions_files_are_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    """Korean Windows' locale encoding is cp949 (simulated as the default here): Korean ids and
+    labels survive the round trip, and the file on disk is UTF-8."""
+    import pathlib
+
+    read, write = pathlib.Path.read_text, pathlib.Path.write_text
+    monkeypatch.setattr(pathlib.Path, "read_text",
+                        lambda self, encoding=None, errors=None: read(self, encoding or "cp949", errors))
+    monkeypatch.setattr(pathlib.Path, "write_text", lambda self, data, encoding=None, errors=None, newline=None:
+                        write(self, data, encoding or "cp949", errors, newline))
+    path = write_predictions(tmp_path / "p.jsonl", [Prediction("발화1", "기쁨", "슬픔", probs=[0.25, 0.75])])
+    assert "발화1" in path.read_bytes().decode("utf-8")
+    assert [(p.id, p.label, p.pred) for p in read_predictions(path)] == [("발화1", "기쁨", "슬픔")]
+
+
 def test_predictions_files_round_probabilities_to_six_places_and_keep_korean(tmp_path):
     path = write_predictions(tmp_path / "p.jsonl", [Prediction("발화1", "a", "b", probs=[1 / 3, 2 / 3, 0.0])])
     line = path.read_text(encoding="utf-8").strip()
@@ -93,5 +108,8 @@ def test_refusals_are_word_for_word():
     refused("seed 1 was evaluated on a different label list", aggregate_metrics, {0: m, 1: other})
     refused("predictions: true label 'z' is not in the label list (a, b, c)", metrics_of,
             [Prediction("u", "z", "a")], LABELS)
+    refused("prediction 'z' is not in the label list (a, b, c)", confusion_matrix, ["a"], ["z"], LABELS)
+    refused("confusion matrix is (2, 2), expected 3x3 for 3 labels", metrics_from_confusion, np.eye(2), LABELS)
+    refused("no predictions to evaluate", metrics_from_confusion, np.zeros((3, 3)), LABELS)
     refused("seed 0: utterance 'u2' was tested more than once", aggregate,
             [Prediction("u1", "a", "a"), Prediction("u2", "a", "a"), Prediction("u2", "a", "b")], LABELS)

@@ -80,6 +80,26 @@ def test_a_linear_head_trains_stacked_to_the_weights_it_gets_alone(tmp_path):
     assert not any(o.trained for o in again)
 
 
+@pytest.mark.parametrize("weighted", [True, False])
+def test_cross_entropy_alone_trains_stacked_as_alone(weighted):
+    """Human text, no CR: the stacked step is cross-entropy only. With class weights and dropout,
+    and with neither (no weights to repeat, no draws to make), every fold trains to its weights
+    alone and reports the same loss and cross-entropy."""
+    data = _data(copies=False)
+    folds = _folds(data.labels)
+    runs = {}
+    for stack in (False, True):
+        r = make_recipe(fusion="linear", text="gold", epochs=4, weight_decay=0.01, class_weights=weighted,
+                        text_dropout=0.3 if weighted else 0.0, audio_dropout=0.1 if weighted else 0.0)
+        r.model.standardise, r.split.valid, r.train.stack_folds = True, "none", stack
+        runs[stack] = run_folds(r, folds, data, out_for=lambda f: None, progress=False)
+    for a, b in zip(runs[False], runs[True]):
+        for k, v in _weights(a.result.model).items():
+            torch.testing.assert_close(_weights(b.result.model)[k], v, rtol=1e-4, atol=1e-5)
+        for key in ("train_loss", "train_ce"):
+            assert [h[key] for h in b.result.history] == pytest.approx([h[key] for h in a.result.history], rel=1e-4)
+
+
 def test_stacks_split_by_the_memory_budget_train_the_same(tmp_path, monkeypatch):
     data = _data(copies=False)
     folds = _folds(data.labels)
