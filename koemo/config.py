@@ -144,6 +144,10 @@ class AugmentConfig:
     # speaker's (encoders.normalise: speaker only), so the model also learns the input a request
     # without a session (or a folder of several speakers) gives it
     corpus_normalised: int = 0
+    # k > 0: one more copy of each clip normalised by the statistics of a random group of k
+    # speakers (its own among them), the input `koemo predict DIR` gives a folder of several
+    # speakers; 0 = off (encoders.normalise: speaker only)
+    mixed_groups: int = 0
     seed: int = 0
 
 

@@ -84,6 +84,8 @@ def check(cfg: AugmentConfig) -> None:
         raise KoemoError("augment.copies > 0 needs a transform: noise, speed, volume_db or frame_mask")
     if cfg.corpus_normalised not in (0, 1):
         raise KoemoError(f"augment.corpus_normalised must be 0 or 1, got {cfg.corpus_normalised}")
+    if cfg.mixed_groups < 0:
+        raise KoemoError(f"augment.mixed_groups must be 0 (off) or a number of speakers, got {cfg.mixed_groups}")
 
 
 def audio_copies(cfg: AugmentConfig, store, encoder: str, utts: Sequence[Utterance], layer=None,

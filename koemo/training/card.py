@@ -100,6 +100,8 @@ def render(recipe: Recipe, meta: dict[str, Any]) -> str:
 def _augment(recipe: Recipe) -> str:
     a = recipe.augment
     corpus = ["a copy normalised by the corpus statistics"] if a.corpus_normalised else []
+    if a.mixed_groups:
+        corpus.append(f"a copy normalised by random groups of {a.mixed_groups} speakers")
     if not a.copies:
         return ", ".join(corpus) or "none"
     parts = [f"{a.copies} cop{'y' if a.copies == 1 else 'ies'}", *corpus]

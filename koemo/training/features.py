@@ -78,6 +78,15 @@ class SpeechInput:
         return self.normaliser.to_arrays() if self.normaliser else {}
 
 
+def mixed_groups(speakers: Mapping[str, str], k: int, seed: int) -> dict[str, str]:
+    """Each clip's group when the speakers are dealt, in a random order (``seed``), into groups
+    of ``k`` (the last may be smaller): clip id -> group name."""
+    names = sorted(set(speakers.values()))
+    order = np.random.default_rng(seed).permutation(len(names))
+    group_of = {names[j]: f"mixed-{i // k}" for i, j in enumerate(order)}
+    return {u: group_of[s] for u, s in speakers.items()}
+
+
 def speech_input(recipe: Recipe, frames: Mapping[str, np.ndarray], utts: Sequence[Utterance],
                  copies: Sequence[Mapping[str, np.ndarray]] = ()
                  ) -> tuple[Mapping[str, np.ndarray], list[Mapping[str, np.ndarray]], SpeechInput]:
@@ -106,5 +115,8 @@ def speech_input(recipe: Recipe, frames: Mapping[str, np.ndarray], utts: Sequenc
     if normaliser is not None and recipe.augment.corpus_normalised:
         corpus_only = Normaliser("none", normaliser.corpus_mean, normaliser.corpus_sd)
         views += group_views([frames], speakers, kind, corpus_only, pool)
+    if normaliser is not None and recipe.augment.mixed_groups:
+        views += group_views([frames], mixed_groups(speakers, recipe.augment.mixed_groups, recipe.augment.seed),
+                             kind, normaliser, pool)
     views = [{u: v.astype(np.float16) for u, v in table.items()} for table in views]
     return views[0], views[1:], spec

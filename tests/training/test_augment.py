@@ -35,7 +35,8 @@ def test_each_transform_is_reproducible_and_changes_the_audio():
 def test_bad_settings_are_refused():
     for cfg, msg in ((AugmentConfig(copies=1), "needs a transform"), (AugmentConfig(speed=[1.1, 0.9]), "low, high"),
                      (AugmentConfig(frame_mask=1.0), "frame_mask"), (AugmentConfig(speed=[0.0, 1.0]), "positive"),
-                     (AugmentConfig(corpus_normalised=2), "corpus_normalised")):
+                     (AugmentConfig(corpus_normalised=2), "corpus_normalised"),
+                     (AugmentConfig(mixed_groups=-1), "mixed_groups")):
         with pytest.raises(KoemoError, match=msg):
             check(cfg)
 
@@ -87,3 +88,42 @@ def test_a_corpus_normalised_copy_is_each_clip_under_the_corpus_statistics():
         assert not np.allclose(clean[u.id].astype(np.float32), want, atol=0.1)  # the speaker's statistics
     off = from_dict(Recipe, {"encoders": {"normalise": "speaker"}, "model": {"fusion": "linear"}})
     assert speech_input(off, frames, utts)[1] == []
+
+
+def test_mixed_groups_deal_whole_speakers_into_groups_of_k():
+    from koemo.training.features import mixed_groups
+
+    speakers = {f"u{i}": f"spk{i % 5}" for i in range(20)}
+    groups = mixed_groups(speakers, 2, seed=0)
+    assert all(groups[u] == groups[v] for u in speakers for v in speakers if speakers[u] == speakers[v])
+    members: dict[str, set] = {}
+    for u, g in groups.items():
+        members.setdefault(g, set()).add(speakers[u])
+    assert sorted(len(m) for m in members.values()) == [1, 2, 2]
+    assert groups == mixed_groups(speakers, 2, seed=0)
+    assert any(mixed_groups(speakers, 2, seed=s) != groups for s in range(1, 5))  # the seed deals anew
+
+
+def test_a_mixed_group_copy_is_each_clip_under_its_groups_statistics():
+    """augment.mixed_groups: one more training copy, each clip standardised by the statistics of
+    its speaker and the others dealt into its group (a folder of several speakers in service)."""
+    from koemo.config import Recipe, from_dict
+    from koemo.fusion.inputs import Moments
+    from koemo.training.features import mixed_groups, speech_input
+
+    rng = np.random.default_rng(0)
+    utts = [Utterance(f"u{i}", "x.wav", "happy", "", f"spk{i % 4}", "g") for i in range(16)]
+    frames = {u.id: (rng.standard_normal((5, 3)) + 4 * int(u.speaker[-1])).astype(np.float32) for u in utts}
+    recipe = from_dict(Recipe, {"encoders": {"normalise": "speaker"}, "model": {"fusion": "linear"},
+                               "augment": {"mixed_groups": 2, "seed": 3}})
+    clean, variants, _ = speech_input(recipe, frames, utts)
+    assert len(variants) == 1
+    groups = mixed_groups({u.id: u.speaker for u in utts}, 2, seed=3)
+    for u in utts:
+        mates = [v for v in frames if groups[v] == groups[u.id]]
+        assert len({w.speaker for w in utts if w.id in mates}) == 2
+        mean, sd = Moments.sum(Moments.of(frames[v]) for v in mates).mean_sd()
+        x = (frames[u.id] - mean) / sd
+        want = np.concatenate([x.mean(0), x.std(0)])[None]
+        np.testing.assert_allclose(variants[0][u.id].astype(np.float32), want, atol=2e-2)
+        assert not np.allclose(clean[u.id].astype(np.float32), want, atol=0.1)  # the speaker's own statistics
