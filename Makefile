@@ -43,7 +43,7 @@ demo: install models
 	$(KOEMO) predict $(DEMO_CLIP)
 
 test: install models system-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -18,6 +18,9 @@ from koemo.errors import KoemoError
 from tests.ray_toys import build as _build, dies_once as _dies_once, square_plus as _square_plus
 from tests.experiments.test_reproduce import tiny_recipe  # noqa: F401  (fixture; registers tone-asr, band-energy, char-hash)
 
+# under pytest-xdist (make test: -n auto), every Ray test on one worker, so one local cluster
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def test_map_actors_builds_once_per_actor_and_matches_local(ray_cluster, tmp_path):
     log = tmp_path / "builds.txt"

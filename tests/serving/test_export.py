@@ -197,12 +197,23 @@ def test_unknown_runtime_is_refused_before_loading(tmp_path):
         load_predictor(tmp_path / "nowhere", limits=Limits(), runtime="tensorrt")
 
 
-def test_cli_export_and_its_errors(tmp_path):
+def test_cli_export_and_its_errors(tmp_path, monkeypatch, capsys):
+    """``koemo export`` through the command's entry point (in process: a subprocess per case
+    cost ~4 s of imports each): what it prints, and one line with exit status 2 for bad input."""
+    from koemo.cli import main
+
+    def koemo_main(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["koemo", *args])
+        with pytest.raises(SystemExit) as e:
+            main()
+        out = capsys.readouterr()
+        return e.value.code or 0, out.out, out.err
+
     bundle = tiny_bundle(tmp_path / "b", "audio-only")
-    r = koemo("export", str(bundle), "--format", "onnx", "--out", str(tmp_path / "a.onnx"))
-    assert r.returncode == 0, r.stderr
+    code, out, err = koemo_main("export", str(bundle), "--format", "onnx", "--out", str(tmp_path / "a.onnx"))
+    assert code == 0, err
     size = (tmp_path / "a.onnx").stat().st_size
-    lines = r.stdout.splitlines()
+    lines = out.splitlines()
     assert lines[0] == f"wrote {tmp_path / 'a.onnx'} ({size} bytes; audio-only fusion head, opset {ex.OPSET}) and a.onnx.json"
     assert lines[1].startswith("max |logit difference| vs PyTorch: ") and "(tolerance 0.0001)" in lines[1]
     for args, message in (
@@ -210,12 +221,12 @@ def test_cli_export_and_its_errors(tmp_path):
         ((str(tmp_path / "a.onnx"),), f"{tmp_path / 'a.onnx'}: not a model bundle (a bundle is a directory)"),
         ((str(bundle), "--format", "tflite"), "--format 'tflite': use one of onnx"),
     ):
-        r = koemo("export", *args)
-        assert r.returncode == 2 and r.stderr.strip() == f"error: {message}", r.stderr
+        code, _, err = koemo_main("export", *args)
+        assert code == 2 and err.strip() == f"error: {message}", err
     (tmp_path / "empty").mkdir()
-    r = koemo("export", str(tmp_path / "empty"))
-    assert r.returncode == 2 and r.stderr.startswith(f"error: {tmp_path / 'empty'}: not a koemo model bundle")
-    assert "Traceback" not in r.stderr
+    code, _, err = koemo_main("export", str(tmp_path / "empty"))
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'empty'}: not a koemo model bundle")
+    assert "Traceback" not in err
 
 
 @pytest.mark.slow
