@@ -30,6 +30,19 @@ def tone(seconds: float = 1.0, sr: int = 16000, freq: float = 220.0, amp: float 
 
 
 @pytest.fixture
+def cp949_default(monkeypatch):
+    """Text files read and written without an encoding use cp949, as on Korean Windows (whose
+    locale encoding it is): code that forgets ``encoding="utf-8"`` garbles Korean or fails."""
+    import pathlib
+
+    read, write = pathlib.Path.read_text, pathlib.Path.write_text
+    monkeypatch.setattr(pathlib.Path, "read_text",
+                        lambda self, encoding=None, errors=None: read(self, encoding or "cp949", errors))
+    monkeypatch.setattr(pathlib.Path, "write_text", lambda self, data, encoding=None, errors=None, newline=None:
+                        write(self, data, encoding or "cp949", errors, newline))
+
+
+@pytest.fixture
 def write_wav(tmp_path):
     def make(name: str, seconds: float = 1.0, sr: int = 16000, **kw) -> Path:
         path = tmp_path / name

@@ -74,16 +74,9 @@ def test_serialised_forms_keep_integers_integers_and_six_decimals():
     assert a["confusion_normalised"][0] == [0.333333, 0.333333, 0.333333]
 
 
-def test_predictions_files_are_utf8_whatever_the_locale(tmp_path, monkeypatch):
-    """Korean Windows' locale encoding is cp949 (simulated as the default here): Korean ids and
-    labels survive the round trip, and the file on disk is UTF-8."""
-    import pathlib
-
-    read, write = pathlib.Path.read_text, pathlib.Path.write_text
-    monkeypatch.setattr(pathlib.Path, "read_text",
-                        lambda self, encoding=None, errors=None: read(self, encoding or "cp949", errors))
-    monkeypatch.setattr(pathlib.Path, "write_text", lambda self, data, encoding=None, errors=None, newline=None:
-                        write(self, data, encoding or "cp949", errors, newline))
+def test_predictions_files_are_utf8_whatever_the_locale(tmp_path, cp949_default):
+    """Korean Windows' locale encoding is cp949: Korean ids and labels survive the round trip,
+    and the file on disk is UTF-8."""
     path = write_predictions(tmp_path / "p.jsonl", [Prediction("발화1", "기쁨", "슬픔", probs=[0.25, 0.75])])
     assert "발화1" in path.read_bytes().decode("utf-8")
     assert [(p.id, p.label, p.pred) for p in read_predictions(path)] == [("발화1", "기쁨", "슬픔")]

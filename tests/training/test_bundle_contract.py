@@ -31,14 +31,9 @@ def _linear(**model) -> tuple[dict, torch.nn.Module]:
     return {**describe_model(cfg, fusion), "labels": LABELS}, fusion
 
 
-def test_bundle_files_are_utf8_whatever_the_locale(tmp_path, monkeypatch):
+def test_bundle_files_are_utf8_whatever_the_locale(tmp_path, cp949_default):
     """Korean Windows' locale encoding is cp949: a bundle written or read there with the default
-    encoding garbles its Korean labels and config. Simulated by making the default cp949."""
-    read, write = pathlib.Path.read_text, pathlib.Path.write_text
-    monkeypatch.setattr(pathlib.Path, "read_text",
-                        lambda self, encoding=None, errors=None: read(self, encoding or "cp949", errors))
-    monkeypatch.setattr(pathlib.Path, "write_text", lambda self, data, encoding=None, errors=None, newline=None:
-                        write(self, data, encoding or "cp949", errors, newline))
+    encoding garbles its Korean labels and config."""
     meta, fusion = _linear()
     out = write_bundle(tmp_path / "b", meta, {"name": "감정 레시피"}, fusion.state_dict())
     assert "기쁨" in (out / "bundle.json").read_bytes().decode("utf-8")
