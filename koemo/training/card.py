@@ -99,12 +99,12 @@ def render(recipe: Recipe, meta: dict[str, Any]) -> str:
 
 def _augment(recipe: Recipe) -> str:
     a = recipe.augment
-    corpus = ["a copy normalised by the corpus statistics"] if a.corpus_normalised else []
+    views = ["a copy normalised by the corpus statistics"] if a.corpus_normalised else []
     if a.mixed_groups:
-        corpus.append(f"a copy normalised by random groups of {a.mixed_groups} speakers")
+        views.append(f"a copy normalised by random groups of {a.mixed_groups} speakers")
     if not a.copies:
-        return ", ".join(corpus) or "none"
-    parts = [f"{a.copies} cop{'y' if a.copies == 1 else 'ies'}", *corpus]
+        return ", ".join(views) or "none"
+    parts = [f"{a.copies} cop{'y' if a.copies == 1 else 'ies'}", *views]
     if a.noise:
         parts.append(f"{a.noise} noise at {a.snr[0]:g}-{a.snr[1]:g} dB")
     if a.speed:

@@ -127,3 +127,16 @@ def test_a_mixed_group_copy_is_each_clip_under_its_groups_statistics():
         want = np.concatenate([x.mean(0), x.std(0)])[None]
         np.testing.assert_allclose(variants[0][u.id].astype(np.float32), want, atol=2e-2)
         assert not np.allclose(clean[u.id].astype(np.float32), want, atol=0.1)  # the speaker's own statistics
+
+
+def test_a_bad_group_size_is_refused_word_for_word_and_the_card_names_the_views():
+    from koemo.config import Recipe, from_dict
+    from koemo.training.card import _augment
+
+    with pytest.raises(KoemoError) as e:
+        check(AugmentConfig(mixed_groups=-1))
+    assert str(e.value) == "augment.mixed_groups must be 0 (off) or a number of speakers, got -1"
+    recipe = from_dict(Recipe, {"augment": {"mixed_groups": 3, "corpus_normalised": 1}})
+    assert _augment(recipe) == ("a copy normalised by the corpus statistics, "
+                                "a copy normalised by random groups of 3 speakers")
+    assert _augment(from_dict(Recipe, {})) == "none"
