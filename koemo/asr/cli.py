@@ -36,7 +36,10 @@ def transcribe(
     """Transcribe every utterance of the recipe's dataset into the manifest column asr:<backend>, or asr:<backend>@<noise>-<snr>db with noise.
 
     Transcripts are cached (SQLite under the cache root): a re-run is instant, an interrupted run resumes.
+    With the recipe's asr.shared_pass, whisper-base is decoded from the speech encoder's pass (as
+    koemo predict does), and that pass also fills the feature store of whisper-base-encoder (every layer).
     """
+    from koemo.asr.one_pass import backend_options
     from koemo.asr.transcribe import transcribe_manifest
     from koemo.data.prepare import load_or_prepare
 
@@ -44,11 +47,19 @@ def transcribe(
     asr = cfg.asr
     noise = noise if noise is not None else asr.noise
     snr = snr if snr is not None else asr.snr
-    path, _ = load_or_prepare(cfg, data_dir)
+    backend = backend or asr.backend
+    options = backend_options(asr, backend)
+    path, utts = load_or_prepare(cfg, data_dir)
+    if options and noise is None and sample is None and not (ray or ray_address):
+        # asr.shared_pass: the pass that decodes each clip also fills the Whisper encoder's features
+        from koemo.asr.one_pass import fill
+        from koemo.training.features import store_for
+
+        fill(utts, store_for(cfg))
     with ray_engine(ray, ray_address, ray_gpus):  # --ray: Ray actors instead of --jobs processes
         report = transcribe_manifest(
-            path, backend or asr.backend, noise, snr, asr.seed if seed is None else seed,
-            asr.jobs if jobs is None else jobs, sample=sample,
+            path, backend, noise, snr, asr.seed if seed is None else seed,
+            asr.jobs if jobs is None else jobs, backend_options=options, sample=sample,
         )
     if json_:
         print_json({"source": report.source, "manifest": str(path), "transcripts": len(report.texts),

@@ -96,6 +96,22 @@ class FeatureStore:
     def _entry(folder: Path, key: str) -> Path:
         return folder / key[:2] / f"{key}.npy"
 
+    def speech_path(self, folder: Path, utt: Utterance, transform=None) -> Path:
+        """Where ``utt``'s entry lives in an encoder's ``folder`` (:meth:`encoder_dir`), present or not."""
+        try:
+            sha = self.audio_sha256(utt.audio)
+        except OSError as e:
+            raise BadInputError(f"{utt.id} ({utt.audio})", f"cannot read audio ({e.strerror or e})") from None
+        key = self.speech_key(sha, utt.start, utt.end)
+        if transform is not None:
+            key = hashlib.sha256(f"{key}|{transform.key}".encode()).hexdigest()
+        return self._entry(folder, key)
+
+    def put(self, path: Path, array: np.ndarray, where: str) -> None:
+        """Write one entry (float16, atomically) computed elsewhere: :func:`koemo.asr.one_pass.fill`."""
+        self._write(path, array, where)
+        self._save_memo()
+
     @staticmethod
     def _write(path: Path, array: np.ndarray, where: str) -> None:
         a = np.asarray(array, dtype=np.float32)
@@ -134,14 +150,10 @@ class FeatureStore:
         todo: list[tuple[Utterance, Path]] = []
         for u in utts:
             try:
-                sha = self.audio_sha256(u.audio)
-            except OSError as e:
-                self._fail(BadInputError(f"{u.id} ({u.audio})", f"cannot read audio ({e.strerror or e})"), skips)
+                path = self.speech_path(folder, u, transform)
+            except BadInputError as e:
+                self._fail(e, skips)
                 continue
-            key = self.speech_key(sha, u.start, u.end)
-            if transform is not None:
-                key = hashlib.sha256(f"{key}|{transform.key}".encode()).hexdigest()
-            path = self._entry(folder, key)
             if path.is_file():
                 out[u.id] = self._read(path)
             else:

@@ -91,13 +91,15 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
     asr_rows: list[dict] = []
     if plan.all_asr_sources:
         from koemo.asr.evaluate import evaluate_sources
+        from koemo.asr.one_pass import backend_options
         from koemo.asr.transcribe import transcribe_manifest
 
+        _one_pass(plan, utts, progress)
         for source in plan.all_asr_sources:
             ts = TextSource.parse(source)
             log.info("transcripts %s", source)
             report = transcribe_manifest(manifest, ts.backend, ts.noise, ts.snr, ts.seed, recipe.asr.jobs,
-                                         progress=progress)
+                                         backend_options=backend_options(recipe.asr, ts.backend), progress=progress)
             if len(report.skips):
                 log.warning("%s: %d clips could not be transcribed", source, len(report.skips))
         utts = read_manifest(manifest)
@@ -131,6 +133,25 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
                                                f"text features {name} [{s}]")
         inputs.encoder_meta["text"][name] = describe("text", name)
     return inputs, asr_rows
+
+
+def _one_pass(plan: Plan, utts: list, progress: bool) -> None:
+    """With ``asr.shared_pass``, when the plan reads clean whisper-base transcripts and the
+    encoder's every-layer features: one pass per clip fills both (:mod:`koemo.asr.one_pass`).
+    Not on Ray (``--ray``): there the actors transcribe and encode."""
+    from koemo import distributed
+
+    recipe = plan.recipe
+    if not recipe.asr.shared_pass or distributed.active():
+        return
+    clean = any(TextSource.parse(s).backend == "whisper-base" and TextSource.parse(s).noise is None
+                for s in plan.all_asr_sources)
+    encoder = "whisper-base-encoder"
+    if clean and encoder in plan.speech_encoders() and speech_layer(recipe, encoder) == "all":
+        from koemo.asr.one_pass import fill
+        from koemo.training.features import store_for
+
+        fill(utts, store_for(recipe), progress=progress)
 
 
 #: format tag of an inputs pack (:func:`save_inputs`)
