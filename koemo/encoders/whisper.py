@@ -191,8 +191,12 @@ class WhisperBaseEncoder(SpeechEncoder):
     finetunable = True
     min_samples = 1
 
+    #: how the torch backend's graph runs: PyTorch, or its ONNX export in onnxruntime
+    #: (:mod:`koemo.encoders.whisper_onnx`; equal within float16, so the id stays the same)
+    runtimes = ("torch", "onnx")
+
     def __init__(self, layer: int | str | None = None, backend: str | None = None,
-                 model_dir: str | Path | None = None):
+                 model_dir: str | Path | None = None, runtime: str = "torch"):
         self.model_dir = _model_dir(model_dir)
         self.n_layers = 6
         if layer == ALL_LAYERS:
@@ -209,16 +213,26 @@ class WhisperBaseEncoder(SpeechEncoder):
             raise KoemoError(f"{self.name}: backend must be ct2 or torch, not {self.backend!r}")
         if self.backend == "ct2" and layer is not None:
             raise KoemoError(f"{self.name}: the CTranslate2 backend gives the last layer only; use backend=torch")
+        if runtime not in self.runtimes:
+            raise KoemoError(f"{self.name}: runtime must be {' or '.join(self.runtimes)}, not {runtime!r}")
+        # the ct2 backend is CTranslate2's own runtime already
+        self.runtime = runtime if self.backend == "torch" else "torch"
+        self._onnx = None
         self._ct2 = None
         self._torch = None
         self._checksum: str | None = None
 
     @property
-    def id(self) -> str:
+    def checksum(self) -> str:
+        """SHA-256 of the weights file (computed once)."""
         if self._checksum is None:
             self._checksum = installed_checksum(self.model_dir, ["model.bin"])
+        return self._checksum
+
+    @property
+    def id(self) -> str:
         layer = "last" if self.layer is None else str(self.layer)
-        return f"{self.name}|{self.backend}-float32|layer={layer}|mel=30s-window|model={short(self._checksum)}"
+        return f"{self.name}|{self.backend}-float32|layer={layer}|mel=30s-window|model={short(self.checksum)}"
 
     def _ct2_model(self):
         if self._ct2 is None:
@@ -233,6 +247,15 @@ class WhisperBaseEncoder(SpeechEncoder):
         if self._torch is None:
             self._torch = load_torch_whisper_encoder(self.model_dir, layers=None if self.stacked else self.layer)
         return self._torch
+
+    def _onnx_encoder(self):
+        if self._onnx is None:
+            from koemo.encoders.whisper_onnx import onnx_encoder
+
+            layers = None if self.stacked else self.layer
+            self._onnx = onnx_encoder(lambda: load_torch_whisper_encoder(self.model_dir, layers=layers),
+                                      self.checksum, layers, bool(self.stacked))
+        return self._onnx
 
     def _encode(self, audio: np.ndarray) -> np.ndarray:
         out, keep = self._window_outputs(audio)
@@ -263,6 +286,8 @@ class WhisperBaseEncoder(SpeechEncoder):
             import ctranslate2
 
             out = np.array(self._ct2_model().encode(ctranslate2.StorageView.from_array(mels), to_cpu=True))
+        elif self.runtime == "onnx":
+            out = self._onnx_encoder()(mels)
         else:
             import torch
 

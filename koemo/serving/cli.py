@@ -27,7 +27,8 @@ def audio_files(target: Path) -> list[Path]:
 
 RuntimeOpt = typer.Option("torch", "--runtime", help="How the fusion head runs: torch (with the audio/text "
                           "contribution), onnx or onnx-int8 (onnxruntime; the bundle's `koemo export`, else "
-                          "exported once into the cache; no contribution).")
+                          "exported once into the cache; no contribution). With onnx or onnx-int8 the Whisper "
+                          "encoder runs in onnxruntime too (float32; exported once, ~1 min).")
 SharedPassOpt = typer.Option(True, "--shared-pass/--no-shared-pass", help="Decode the transcript from the speech "
                              "encoder's Whisper pass (one encoder pass per clip) where the model allows.")
 

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from koemo.errors import KoemoError
+from koemo.onnxexport import quiet_exporter, strip_debug_info
 from koemo.paths import atomic_path, atomic_write_text, cache_root, sha256_file
 from koemo.training import bundle as bundles
 
@@ -169,20 +168,6 @@ def onnx_classifier(path: Path, temperature: float = 1.0):
 # export
 
 
-def _quiet():
-    """Silence the exporter's progress prints, warnings and log lines (errors still raise)."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", None):  # None: the root
-        logger = logging.getLogger(name)
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        stack.callback(logger.setLevel, level)
-    return stack
-
-
 def export_model(model, out: Path, fusion: str = "fusion", where: str = "bundle") -> None:
     """Write ``model`` (a :class:`koemo.fusion.FusionModel`, eval mode) to ``out`` as float32
     ONNX with dynamic batch, frame and token axes; unchecked (see :func:`export_onnx`)."""
@@ -199,7 +184,7 @@ def export_model(model, out: Path, fusion: str = "fusion", where: str = "bundle"
     args = tuple(torch.from_numpy(example[name]) for name in INPUTS)
     dynamic = tuple({0: Dim.DYNAMIC, 1: Dim.DYNAMIC} for _ in INPUTS)
     try:
-        with _quiet():
+        with quiet_exporter():
             program = torch.onnx.export(model, args, None, dynamo=True, input_names=list(INPUTS),
                                         output_names=[OUTPUT], dynamic_shapes=dynamic, opset_version=OPSET,
                                         verbose=False)
@@ -216,33 +201,11 @@ def export_model(model, out: Path, fusion: str = "fusion", where: str = "bundle"
                          f"({type(e).__name__}: {reason[:200]})") from None
 
 
-def strip_debug_info(path: Path) -> None:
-    """Drop what the exporter records per node for debugging (the PyTorch stack trace, with this
-    machine's file paths, and the FX node): more than half of a small head's file."""
-    import onnx
-
-    model = onnx.load(str(path))
-
-    def strip(graph) -> None:
-        for node in graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    strip(sub)
-
-    strip(model.graph)
-    for fn in model.functions:
-        for node in fn.node:
-            del node.metadata_props[:]
-    onnx.save(model, str(path))
-
-
 def quantise(src: Path, out: Path) -> None:
     """onnxruntime's dynamic int8 quantisation (weights int8, activations quantised per call)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet():
+    with quiet_exporter():
         quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8)
 
 

@@ -133,7 +133,8 @@ def bundle_asr(meta: dict[str, Any], config: dict[str, Any]) -> str:
 
 
 #: how the fusion head runs: PyTorch (with the Grad-CAM contribution), or its ONNX export in
-#: onnxruntime, float32 or int8 (no contribution: :mod:`koemo.serving.export`)
+#: onnxruntime, float32 or int8 (no contribution: :mod:`koemo.serving.export`); with either ONNX
+#: runtime the Whisper encoder runs in onnxruntime too (float32, :mod:`koemo.encoders.whisper_onnx`)
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 
@@ -168,7 +169,8 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
     if not meta.get("complete", True):
         log.warning("%s: training did not finish; serving the best epoch so far", path)
     enc = config.get("encoders") or {}
-    speech = get_speech_encoder(enc.get("speech", "whisper-base-encoder"), layer=enc.get("speech_layer"))
+    speech_name = enc.get("speech", "whisper-base-encoder")
+    speech = get_speech_encoder(speech_name, layer=enc.get("speech_layer"), **_speech_runtime(speech_name, runtime))
     text = get_text_encoder(enc.get("text", "embeddinggemma-300m"))
     for kind, encoder in (("speech", speech), ("text", text)):
         recorded = (meta.get("encoders") or {}).get(kind)
@@ -189,6 +191,7 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
     info["normalise"] = stage.normaliser.mode if stage.normaliser else "none"
     info["temperature"] = temperature
     info["runtime"] = runtime
+    info["speech_runtime"] = getattr(speech, "runtime", "torch")
     classify = None
     if runtime != "torch":
         from koemo.serving.export import onnx_classifier, onnx_for_bundle
@@ -204,6 +207,15 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
     )
     predictor.joint = shared.joint if shared is not None else None
     return predictor
+
+
+def _speech_runtime(name: str, runtime: str) -> dict:
+    """``--runtime onnx|onnx-int8`` runs the speech encoder in onnxruntime too where it has an ONNX
+    runtime (float32 always: int8 would change the features the head was trained on)."""
+    from koemo.encoders.base import SPEECH_ENCODERS
+
+    cls = SPEECH_ENCODERS.get(name) if name in SPEECH_ENCODERS.names() else None
+    return {"runtime": "onnx"} if runtime != "torch" and "onnx" in getattr(cls, "runtimes", ()) else {}
 
 
 _SHARED: dict[tuple[int, str], Any] = {}

@@ -1,0 +1,110 @@
+"""The Whisper encoder under onnxruntime (koemo.encoders.whisper_onnx): a tiny encoder built from a
+config exports, matches PyTorch and is cached; a wrong export is refused and leaves nothing;
+``--runtime onnx`` reaches the speech encoder; the real encoder's features equal PyTorch's
+within float16 (slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from koemo.encoders import whisper_onnx as wo
+from koemo.errors import KoemoError
+
+
+def tiny_encoder(layers=2):
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    import torch
+
+    torch.manual_seed(0)
+    config = WhisperConfig(d_model=16, num_mel_bins=8, encoder_layers=layers, encoder_attention_heads=2,
+                           encoder_ffn_dim=32, max_source_positions=1500)
+    return WhisperEncoder(config).eval()
+
+
+def _torch(enc, mel, stacked):
+    import torch
+
+    with torch.inference_mode():
+        res = enc(torch.from_numpy(mel), output_hidden_states=stacked)
+        return (torch.stack(res.hidden_states, dim=2) if stacked else res.last_hidden_state).numpy()
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_export_equals_pytorch_for_any_number_of_windows(tmp_path, stacked):
+    enc = tiny_encoder()
+    out = tmp_path / "enc.onnx"
+    diff = wo.export(enc, out, stacked)
+    assert 0 <= diff <= wo.REL_TOLERANCE
+    run = wo._session(out)
+    mel = np.random.default_rng(1).uniform(-1, 1, (3, 8, 3000)).astype(np.float32)  # 3 windows, not the example's 2
+    got, ref = run(mel), _torch(enc, mel, stacked)
+    assert got.shape == ref.shape == ((3, 1500, 3, 16) if stacked else (3, 1500, 16))
+    assert np.abs(got - ref).max() <= wo.REL_TOLERANCE * np.abs(ref).max()
+
+
+def test_an_export_that_differs_from_pytorch_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    real = wo._session
+    monkeypatch.setattr(wo, "_session", lambda path: (lambda mel: real(path)(mel) * 1.001))
+    out = tmp_path / "enc.onnx"
+    with pytest.raises(KoemoError, match=r"enc\.onnx: the ONNX Whisper encoder differs from PyTorch by 1\.0\de-03 of "
+                                         r"the largest output \(allowed 0\.0001\); use --runtime torch$"):
+        wo.export(tiny_encoder(), out, stacked=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_export_is_made_once_per_setting_and_reused(monkeypatch):
+    loads = []
+
+    def load():
+        loads.append(1)
+        return tiny_encoder(layers=1)
+
+    first = wo.onnx_encoder(load, "abc", None, True)
+    again = wo.onnx_encoder(load, "abc", None, True)
+    assert len(loads) == 1
+    mel = np.zeros((1, 8, 3000), np.float32)
+    np.testing.assert_array_equal(first(mel), again(mel))
+    paths = {wo.onnx_path(*key) for key in [("abc", None, True), ("abd", None, True), ("abc", 3, False),
+                                            ("abc", None, False)]}
+    assert len(paths) == 4 and wo.onnx_path("abc", None, True).is_file()
+
+
+def test_runtime_is_checked_and_ct2_keeps_its_own(require_model):
+    from koemo.encoders.whisper import WhisperBaseEncoder
+
+    require_model("whisper-base")
+    with pytest.raises(KoemoError, match=r"^whisper-base-encoder: runtime must be torch or onnx, not 'tensorrt'$"):
+        WhisperBaseEncoder(layer="all", runtime="tensorrt")
+    assert WhisperBaseEncoder(layer=None, runtime="onnx").runtime == "torch"  # CTranslate2 runs the last layer
+    onnx, torch = WhisperBaseEncoder(layer="all", runtime="onnx"), WhisperBaseEncoder(layer="all")
+    assert onnx.runtime == "onnx" and onnx.id == torch.id  # same features, same store entries
+
+
+@pytest.mark.parametrize("name, runtime, options", [
+    ("whisper-base-encoder", "onnx", {"runtime": "onnx"}),
+    ("whisper-base-encoder", "onnx-int8", {"runtime": "onnx"}),  # int8 is the head's only
+    ("whisper-base-encoder", "torch", {}),
+    ("mfcc", "onnx", {}),
+    ("hf-speech:/models/wav2vec2", "onnx", {}),
+])
+def test_predict_runtime_reaches_encoders_that_have_one(name, runtime, options):
+    from koemo.serving.loader import _speech_runtime
+
+    assert _speech_runtime(name, runtime) == options
+
+
+@pytest.mark.slow
+def test_real_encoder_features_equal_pytorch_within_float16(require_model, emotiontts_utts):
+    from koemo.data.audio import load_audio
+    from koemo.encoders.whisper import WhisperBaseEncoder
+
+    require_model("whisper-base")
+    audio = load_audio(next(u for u in emotiontts_utts if u.id == "nea00004").audio)
+    onnx = WhisperBaseEncoder(layer="all", runtime="onnx").encode(audio)
+    ref = WhisperBaseEncoder(layer="all").encode(audio)
+    assert onnx.shape == ref.shape == (ref.shape[0], 7, 512)
+    assert np.abs(onnx - ref).max() <= wo.REL_TOLERANCE * np.abs(ref).max()
+    assert np.mean(onnx.astype(np.float16) == ref.astype(np.float16)) > 0.98  # what the store keeps
