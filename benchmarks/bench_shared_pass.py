@@ -12,9 +12,11 @@ transcribe`` run uses) and by the shared pass over the speech encoder of the def
 normalisation (:func:`koemo.asr.metrics.score`). Shared-pass transcripts are kept in
 ``$KOEMO_CACHE/bench/shared_pass/*.json`` as they come, so an interrupted run resumes.
 
-``latency``: a ~5 s clip, runs interleaved so that load changes hit all three alike: (a) the ASR
+``latency``: a ~5 s clip, runs interleaved so that load changes hit all four alike: (a) the ASR
 stage alone (faster-whisper ``transcribe``), (b) ``Predictor.predict`` without the shared pass,
-(c) with it; default bundle. p50 over ``--runs`` after one warm-up each. Load average printed.
+(c) with it, (d) with it and ``--runtime onnx`` (Whisper encoder and head in onnxruntime; the
+encoder's export is made before timing); default bundle. p50 over ``--runs`` after one warm-up
+each. Load average printed.
 """
 
 from __future__ import annotations
@@ -108,12 +110,13 @@ def latency(runs: int) -> dict:
     limits = Limits(max_duration_s=0)
     today = load_predictor(None, limits=limits, shared_pass=False)
     shared = load_predictor(None, limits=limits, shared_pass=True)
-    assert shared.joint is not None and today.joint is None
+    onnx = load_predictor(None, limits=limits, shared_pass=True, runtime="onnx")
+    assert shared.joint is not None and today.joint is None and onnx.joint is not None
     asr = get_asr("whisper-base")
     jobs = {"asr_alone": lambda: asr.transcribe(audio), "predict_today": lambda: today.predict(audio),
-            "predict_shared": lambda: shared.predict(audio)}
+            "predict_shared": lambda: shared.predict(audio), "predict_shared_onnx": lambda: onnx.predict(audio)}
     times: dict[str, list[float]] = {k: [] for k in jobs}
-    stages: dict[str, list[dict]] = {"predict_today": [], "predict_shared": []}
+    stages: dict[str, list[dict]] = {"predict_today": [], "predict_shared": [], "predict_shared_onnx": []}
     load0 = os.getloadavg()
     for k, f in jobs.items():
         f()  # warm-up
@@ -129,10 +132,14 @@ def latency(runs: int) -> dict:
     res = {
         "clip": utt.id, "duration_s": round(len(audio) / 16000, 2), "runs": runs, "p50_s": p50,
         "ratio_today": p50["predict_today"] / p50["asr_alone"], "ratio_shared": p50["predict_shared"] / p50["asr_alone"],
+        "ratio_shared_onnx": p50["predict_shared_onnx"] / p50["asr_alone"],
         "stage_p50_s": {k: {s: float(np.median([t[s] for t in v])) for s in v[0]} for k, v in stages.items()},
         "loadavg_before": load0, "loadavg_after": os.getloadavg(), "cpus": os.cpu_count(),
-        "transcripts": {"today": today.predict(audio)["transcript"], "shared": shared.predict(audio)["transcript"]},
+        "transcripts": {"today": today.predict(audio)["transcript"], "shared": shared.predict(audio)["transcript"],
+                        "shared_onnx": onnx.predict(audio)["transcript"]},
     }
+    a, b = shared.predict(audio)["probabilities"], onnx.predict(audio)["probabilities"]
+    res["onnx_max_probability_difference"] = max(abs(a[k] - b[k]) for k in a)
     print(json.dumps(res, indent=1, ensure_ascii=False))
     return res
 

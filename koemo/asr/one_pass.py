@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from koemo.data.manifest import Utterance
-from koemo.errors import SkipLog
 
 log = logging.getLogger("koemo")
 
@@ -34,14 +33,15 @@ def backend_options(asr_config, backend: str) -> dict:
 class FillReport:
     transcripts: int = 0  # transcripts written to the cache
     features: int = 0  # feature entries written to the store
-    skips: SkipLog = field(default_factory=SkipLog)
+    #: clips it could not use, kept quietly: the ordinary paths that follow report each one
+    skipped: list = field(default_factory=list)
 
 
 def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress: bool = True) -> FillReport:
     """One shared pass for every utterance (clean audio) whose whisper-base transcript is not
     cached yet; its transcript goes to the cache and, where the store lacks them, its frames to
     ``store``. Clips already transcribed are left to the store (encoding alone is cheaper than a
-    pass plus decoding). A clip that cannot be read is skipped (the ordinary paths report it)."""
+    pass plus decoding). A clip that cannot be read is left out (the ordinary paths report it)."""
     from tqdm import tqdm
 
     from koemo.asr.base import make_backend
@@ -58,7 +58,7 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress
             try:
                 key = cache.audio_key(u)
             except BadInputError as e:
-                report.skips.skip(e)
+                report.skipped.append(e)
                 continue
             todo.append((u, key))
         if not todo:
@@ -80,7 +80,7 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress
                     store.put(path, backend.frames, f"{u.id} ({u.audio})")
                     report.features += 1
             except BadInputError as e:
-                report.skips.skip(e)
+                report.skipped.append(e)
                 continue
             cache.put(key, backend.cache_key, nkey, text)
             report.transcripts += 1

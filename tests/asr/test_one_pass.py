@@ -60,7 +60,7 @@ def test_one_pass_writes_the_transcript_and_the_frames_of_each_clip(setup):
     utts, store, cache, backend = setup
     report = fill(utts, store, cache=cache, backend=backend, progress=False)
     assert backend.calls == [16000, 8000]  # the silent clip is not decoded
-    assert (report.transcripts, report.features, len(report.skips)) == (3, 2, 0)
+    assert (report.transcripts, report.features, report.skipped) == (3, 2, [])
     texts = [cache.get(cache.audio_key(u), backend.cache_key, "") for u in utts]
     assert texts == ["16000 samples", "8000 samples", ""]  # as transcribe normalises them
     first, second = (np.load(_entry(store, backend, u)) for u in utts[:2])
@@ -96,7 +96,7 @@ def test_a_clip_that_cannot_be_read_is_skipped_by_name(setup, tmp_path):
     gone = Utterance("gone", str(tmp_path / "missing.wav"), "sad")
     report = fill([Utterance("bad", str(bad), "sad"), gone, utts[0]], store, cache=cache, backend=backend,
                   progress=False)
-    assert report.transcripts == 1 and sorted(s.split(" ")[0] for s in map(str, report.skips.skipped)) == ["bad", "gone"]
+    assert report.transcripts == 1 and sorted(str(e).split(" ")[0] for e in report.skipped) == ["bad", "gone"]
 
 
 def test_the_recipe_switch_applies_to_whisper_base_only():
