@@ -60,12 +60,6 @@ def make_backend(name: str, **options: Any) -> ASRBackend:
         return ASR_BACKENDS.get("whisper")(model, **options)
     if name == "whisper":
         raise KoemoError("backend 'whisper' needs a model: whisper:<directory-or-hub-name>")
-    if options.pop("shared_pass", False):
-        if name != "whisper-base":
-            raise KoemoError(f"shared_pass decodes whisper-base from the speech encoder's pass; backend {name!r} has none")
-        from koemo.asr.shared_pass import SharedPassBackend
-
-        return SharedPassBackend(**options)
     return ASR_BACKENDS.get(name)(**options)
 
 

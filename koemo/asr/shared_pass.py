@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from koemo.asr.base import ASRBackend
 from koemo.asr.whisper import GUARDS, WhisperBackend, _model_fingerprint
 from koemo.data.audio import SAMPLE_RATE, SILENCE_PEAK
 
@@ -292,33 +291,6 @@ class SharedWhisper:
         padded = np.pad(chunk, (0, N_FRAMES * HOP - chunk.size)).astype(np.float32)
         mel = FeatureExtractor(feature_size=self.model.n_mels)(padded, padding=0)[:, :N_FRAMES]
         return self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None])), to_cpu=True)
-
-
-class SharedPassBackend(ASRBackend):
-    """``whisper-base`` as :class:`SharedWhisper` decodes it over the default bundle's speech
-    encoder (every layer, torch float32): the recogniser of a recipe with ``asr.shared_pass``, so
-    training reads the transcripts the service produces. Its cache key says so (``shared_pass``),
-    so these transcripts never mix with faster-whisper's. After each clip, :attr:`frames` holds
-    that pass's speech features (what :class:`koemo.encoders.store.FeatureStore` stores for
-    :attr:`encoder`): :func:`koemo.asr.one_pass.fill` keeps them."""
-
-    name = "whisper-base"
-
-    def __init__(self, cpu_threads: int | None = None):
-        from koemo.encoders import get_speech_encoder
-        from koemo.encoders.base import ALL_LAYERS
-
-        self.encoder = get_speech_encoder("whisper-base-encoder", layer=ALL_LAYERS)
-        self.shared = SharedWhisper(self.encoder, cpu_threads=cpu_threads)
-        self.frames: np.ndarray | None = None
-
-    def params(self) -> dict[str, Any]:
-        return self.shared.params()
-
-    def _recognise(self, audio: np.ndarray) -> str:
-        self.frames = None
-        text, self.frames, _ = self.shared.joint(audio)
-        return text
 
 
 def _has_speech(audio: np.ndarray) -> bool:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from koemo.asr.base import ASRBackend, make_backend
 from koemo.asr.cache import TranscriptCache, noise_key
@@ -65,9 +65,9 @@ def _attempt(backend: ASRBackend, utt: Utterance, noise: NoiseMaker | None) -> t
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(backend_name: str, options: dict, condition: NoiseCondition | None, pool: list[Utterance]) -> None:
+def _worker_init(build: Callable[[], ASRBackend], condition: NoiseCondition | None, pool: list[Utterance]) -> None:
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
-    _WORKER["backend"] = make_backend(backend_name, **options)
+    _WORKER["backend"] = build()
     _WORKER["noise"] = NoiseMaker(condition, pool) if condition else None
 
 
@@ -75,11 +75,11 @@ def _worker_run(utt: Utterance) -> tuple[str, str | None, BadInputError | None]:
     return _attempt(_WORKER["backend"], utt, _WORKER["noise"])
 
 
-def _actor_backend(backend_name: str, options: dict, condition: NoiseCondition | None,
+def _actor_backend(build: Callable[[], ASRBackend], condition: NoiseCondition | None,
                    pool: list[Utterance]) -> tuple[ASRBackend, NoiseMaker | None]:
     """A Ray actor's state (:func:`koemo.distributed.map_actors`): the backend, built once."""
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
-    return make_backend(backend_name, **options), (NoiseMaker(condition, pool) if condition else None)
+    return build(), (NoiseMaker(condition, pool) if condition else None)
 
 
 def _actor_run(state: tuple[ASRBackend, NoiseMaker | None], utt: Utterance) -> tuple[str, str | None, BadInputError | None]:
@@ -97,18 +97,22 @@ def transcribe_utterances(
     backend_options: dict | None = None,
     progress: bool = True,
     only: set[str] | None = None,
+    factory: Callable[[], ASRBackend] | None = None,
 ) -> TranscribeReport:
     """Transcripts for ``utts`` (from the cache where present), keyed by utterance id.
 
     ``only`` restricts the work to those ids while all of ``utts`` still form the babble pool, so
     a subset's transcripts are the very ones (same cache entries) a full run produces.
+    ``factory`` (picklable, for worker processes and Ray actors) builds the recogniser instead
+    of ``make_backend(backend, **backend_options)``: a layer above supplies one that needs its
+    parts (``koemo.encoders.one_pass.SharedPassBackend``); ``backend`` still names the column.
     """
     from tqdm import tqdm
 
-    options = backend_options or {}
+    build = factory or partial(make_backend, backend, **(backend_options or {}))
     condition = noise_condition(noise, snr, seed)
     report = TranscribeReport(source=text_source(backend, noise, snr, seed))
-    recogniser = make_backend(backend, **options)  # fails fast: unknown name, model not installed
+    recogniser = build()  # fails fast: unknown name, model not installed
     own_cache = cache is None
     cache = TranscriptCache() if cache is None else cache
     try:
@@ -134,7 +138,7 @@ def transcribe_utterances(
             total=len(pending) + report.cached, initial=report.cached, desc=report.source, unit="clip",
             disable=not progress, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30,
         )
-        with bar, _results(recogniser, backend, options, condition, usable, pending, jobs) as results:
+        with bar, _results(recogniser, build, condition, usable, pending, jobs) as results:
             for utt_id, text, error in results:
                 if error is not None:
                     report.skips.skip(error)
@@ -150,13 +154,13 @@ def transcribe_utterances(
 
 
 @contextmanager
-def _results(recogniser, backend, options, condition, pool, pending, jobs) -> Iterator:
+def _results(recogniser, build, condition, pool, pending, jobs) -> Iterator:
     """(id, text, error) per pending utterance, in this process, in ``jobs`` worker processes, or
     on Ray actors (inside :func:`koemo.distributed.engine`: ``--ray``), each building the backend once."""
     from koemo import distributed
 
     if distributed.active() and pending:
-        factory = partial(_actor_backend, backend, options, condition, list(pool))
+        factory = partial(_actor_backend, build, condition, list(pool))
         results = distributed.map_actors(factory, pending, _actor_run, plugins=distributed.plugin_modules(recogniser))
         try:
             yield (result for _, result in results)
@@ -169,7 +173,7 @@ def _results(recogniser, backend, options, condition, pool, pending, jobs) -> It
         return
     # spawn, not fork: the parent already holds a multi-threaded model runtime.
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(jobs, initializer=_worker_init, initargs=(backend, options, condition, list(pool))) as workers:
+    with ctx.Pool(jobs, initializer=_worker_init, initargs=(build, condition, list(pool))) as workers:
         try:
             yield workers.imap_unordered(_worker_run, pending, chunksize=1)
         finally:
@@ -225,13 +229,14 @@ def transcribe_manifest(
     backend_options: dict | None = None,
     progress: bool = True,
     sample: int | None = None,
+    factory: Callable[[], ASRBackend] | None = None,
 ) -> TranscribeReport:
     """Transcribe every utterance of ``manifest`` (or an evenly spaced ``sample`` of them; all stay
     in the babble pool) and write the column back into it."""
     utts = read_manifest(manifest)
     only = evenly_spaced(utts, sample) if sample else None
     report = transcribe_utterances(utts, backend, noise, snr, seed, jobs, backend_options=backend_options,
-                                   progress=progress, only=only)
+                                   progress=progress, only=only, factory=factory)
     store_transcripts(manifest, report.source, report.texts, scope=only)
     report.manifest = manifest
     return report

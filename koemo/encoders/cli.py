@@ -1,4 +1,8 @@
-"""``koemo features extract|list`` and ``koemo encoders list|train-fasttext``."""
+"""``koemo transcribe``, ``koemo features extract|list`` and ``koemo encoders list|train-fasttext``.
+
+``koemo transcribe`` lives here, not in :mod:`koemo.asr.cli`: with a recipe's ``asr.shared_pass``
+its recogniser is the speech encoder's own pass (:mod:`koemo.encoders.one_pass`), which also
+fills the feature store."""
 
 from __future__ import annotations
 
@@ -11,6 +15,61 @@ from koemo.cliutil import (DataDirOpt, JsonOpt, RayAddressOpt, RayGpusOpt, RayOp
 
 features = typer.Typer(help="The feature store: encoder outputs cached per utterance.", no_args_is_help=True)
 encoders = typer.Typer(help="Speech and text encoders: list, train the FastText baseline.", no_args_is_help=True)
+
+
+def transcribe(
+    recipe: str = RecipeOpt,
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b",
+        help="Recogniser: whisper-base | vosk-ko | whisper:<dir-or-hub-name> | google | whisper-base-noguards "
+        "(default: the recipe's asr.backend).",
+    ),
+    noise: Optional[str] = typer.Option(None, "--noise", help="Add noise first: white | pink | babble."),
+    snr: Optional[float] = typer.Option(None, "--snr", help="Signal-to-noise ratio of the added noise, in dB."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Noise seed (default: the recipe's asr.seed)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Worker processes (default: the recipe's asr.jobs)."),
+    sample: Optional[int] = typer.Option(
+        None, "--sample", min=1,
+        help="Only N utterances, evenly spaced over the manifest (a quick look at a slow condition; "
+        "asr-eval counts the rest as missing, a later full run reuses these).",
+    ),
+    overrides: Optional[list[str]] = SetOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    json_: bool = JsonOpt,
+    ray: bool = RayOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    ray_gpus: float = RayGpusOpt,
+) -> None:
+    """Transcribe every utterance of the recipe's dataset into the manifest column asr:<backend>, or asr:<backend>@<noise>-<snr>db with noise.
+
+    Transcripts are cached (SQLite under the cache root): a re-run is instant, an interrupted run resumes.
+    With the recipe's asr.shared_pass, whisper-base is decoded from the speech encoder's pass (as
+    koemo predict does), and that pass also fills the feature store of whisper-base-encoder (every layer).
+    """
+    from koemo.asr.transcribe import transcribe_manifest
+    from koemo.data.prepare import load_or_prepare
+    from koemo.encoders.one_pass import fill, recogniser_factory
+    from koemo.encoders.store import store_for
+
+    cfg = recipe_from(recipe, overrides)
+    asr = cfg.asr
+    noise = noise if noise is not None else asr.noise
+    snr = snr if snr is not None else asr.snr
+    backend = backend or asr.backend
+    factory = recogniser_factory(asr, backend)
+    path, utts = load_or_prepare(cfg, data_dir)
+    if factory is not None and noise is None and sample is None and not (ray or ray_address):
+        fill(utts, store_for(cfg))  # asr.shared_pass: the pass that decodes a clip stores its features too
+    with ray_engine(ray, ray_address, ray_gpus):  # --ray: Ray actors instead of --jobs processes
+        report = transcribe_manifest(
+            path, backend, noise, snr, asr.seed if seed is None else seed,
+            asr.jobs if jobs is None else jobs, sample=sample, factory=factory,
+        )
+    if json_:
+        print_json({"source": report.source, "manifest": str(path), "transcripts": len(report.texts),
+                    "new": report.computed, "cached": report.cached, "skipped": len(report.skips)})
+    else:
+        typer.echo(f"{report.summary()}; manifest: {path}")
 
 
 @features.command()
@@ -141,5 +200,6 @@ def train_fasttext_cmd(
 
 
 def register(root: typer.Typer) -> None:
+    root.command("transcribe")(transcribe)
     root.add_typer(features, name="features")
     root.add_typer(encoders, name="encoders")

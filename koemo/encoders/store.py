@@ -37,6 +37,11 @@ TEXT_BATCH = 32
 FLOAT16_MAX = 65504.0
 
 
+def store_for(recipe) -> "FeatureStore":
+    """The feature store a recipe reads (``cache_dir`` or the cache root)."""
+    return FeatureStore(Path(cache_root(recipe.cache_dir)) / "features" if recipe.cache_dir else None)
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-60:]
 

@@ -91,15 +91,15 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
     asr_rows: list[dict] = []
     if plan.all_asr_sources:
         from koemo.asr.evaluate import evaluate_sources
-        from koemo.asr.one_pass import backend_options
         from koemo.asr.transcribe import transcribe_manifest
+        from koemo.encoders.one_pass import recogniser_factory
 
         _one_pass(plan, utts, progress)
         for source in plan.all_asr_sources:
             ts = TextSource.parse(source)
             log.info("transcripts %s", source)
             report = transcribe_manifest(manifest, ts.backend, ts.noise, ts.snr, ts.seed, recipe.asr.jobs,
-                                         backend_options=backend_options(recipe.asr, ts.backend), progress=progress)
+                                         factory=recogniser_factory(recipe.asr, ts.backend), progress=progress)
             if len(report.skips):
                 log.warning("%s: %d clips could not be transcribed", source, len(report.skips))
         utts = read_manifest(manifest)
@@ -137,7 +137,7 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
 
 def _one_pass(plan: Plan, utts: list, progress: bool) -> None:
     """With ``asr.shared_pass``, when the plan reads clean whisper-base transcripts and the
-    encoder's every-layer features: one pass per clip fills both (:mod:`koemo.asr.one_pass`).
+    encoder's every-layer features: one pass per clip fills both (:mod:`koemo.encoders.one_pass`).
     Not on Ray (``--ray``): there the actors transcribe and encode."""
     from koemo import distributed
 
@@ -148,7 +148,7 @@ def _one_pass(plan: Plan, utts: list, progress: bool) -> None:
                 for s in plan.all_asr_sources)
     encoder = "whisper-base-encoder"
     if clean and encoder in plan.speech_encoders() and speech_layer(recipe, encoder) == "all":
-        from koemo.asr.one_pass import fill
+        from koemo.encoders.one_pass import fill
         from koemo.training.features import store_for
 
         fill(utts, store_for(recipe), progress=progress)

@@ -4,24 +4,17 @@ store's frames to what the head reads (:func:`speech_input`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from koemo.config import Recipe
 from koemo.data.manifest import Utterance
+from koemo.encoders.store import store_for
 from koemo.errors import KoemoError
-from koemo.paths import cache_root
 
 if TYPE_CHECKING:
     from koemo.fusion.inputs import Normaliser
-
-
-def store_for(recipe: Recipe):
-    from koemo.encoders.store import FeatureStore
-
-    return FeatureStore(Path(cache_root(recipe.cache_dir)) / "features" if recipe.cache_dir else None)
 
 
 def load_features(

@@ -106,7 +106,10 @@ def test_cli_interrupted_run_resumes_from_the_cache(speech_manifest, tmp_path):
     assert "interrupted; finished results are kept and a re-run resumes" in err
     assert all("asr:whisper-base" not in u.transcripts for u in read_manifest(speech_manifest))
 
-    report = transcribe_manifest(speech_manifest, "whisper-base", progress=False)
+    # the default recipe (emotiontts) decodes whisper-base from the encoder's pass: resume with it
+    from koemo.encoders.one_pass import SharedPassBackend
+
+    report = transcribe_manifest(speech_manifest, "whisper-base", progress=False, factory=SharedPassBackend)
     assert report.cached >= 1 and report.cached + report.computed == 3
     # The corrupt clip is skipped, counted and named; the others are in the manifest.
     assert len(report.skips) == 1 and str(report.skips.skipped[0]).startswith("broken (")
@@ -114,7 +117,7 @@ def test_cli_interrupted_run_resumes_from_the_cache(speech_manifest, tmp_path):
     texts = {u.id: u.transcripts.get("asr:whisper-base") for u in read_manifest(speech_manifest)}
     assert texts["broken"] is None and all(texts[k] for k in texts if k != "broken")
 
-    again = transcribe_manifest(speech_manifest, "whisper-base", progress=False)
+    again = transcribe_manifest(speech_manifest, "whisper-base", progress=False, factory=SharedPassBackend)
     assert (again.cached, again.computed) == (3, 0)
 
 

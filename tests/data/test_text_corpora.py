@@ -1,10 +1,9 @@
 from collections import Counter
 
-import pytest
 
 from koemo.data.labels import LABEL_SETS
 from koemo.data.text_corpora import load_aihub263, load_single_turn, load_text_corpora
-from koemo.errors import BadInputError, SkipLog
+from koemo.errors import SkipLog
 from koemo.paths import data_dir
 
 

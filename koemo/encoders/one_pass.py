@@ -4,11 +4,13 @@ Why: a recipe whose recogniser is whisper-base and whose speech encoder is the p
 base encoder ran that encoder twice per clip, once inside faster-whisper (``koemo transcribe``)
 and once for the feature store (``koemo features extract``): 1.38 s + 0.82 s a clip on this
 2-core machine, 1.16 s for the shared pass. With ``asr.shared_pass`` the transcripts are decoded
-from the speech encoder's pass (:class:`koemo.asr.shared_pass.SharedPassBackend`, what
-``koemo predict`` does), so :func:`fill` writes both from one pass. It only fills caches: the
-transcript cache under the backend's own key, the feature store under the encoder's own id,
-exactly the entries the ordinary paths (:func:`koemo.asr.transcribe.transcribe_manifest`,
-:meth:`koemo.encoders.store.FeatureStore.speech`) would write, which then find them.
+from the speech encoder's pass (:class:`SharedPassBackend`, what ``koemo predict`` does), so
+:func:`fill` writes both from one pass. It only fills caches: the transcript cache under the
+backend's own key, the feature store under the encoder's own id, exactly the entries the
+ordinary paths (:func:`koemo.asr.transcribe.transcribe_manifest` given
+:func:`recogniser_factory`'s factory, :meth:`koemo.encoders.store.FeatureStore.speech`) would
+write, which then find them. It lives with the encoders because it needs one (the recognition
+layer below cannot import it).
 """
 
 from __future__ import annotations
@@ -18,15 +20,48 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
+
+from koemo.asr.base import ASRBackend
 from koemo.data.manifest import Utterance
 
 log = logging.getLogger("koemo")
 
 
-def backend_options(asr_config, backend: str) -> dict:
-    """The recogniser options a recipe's ``asr`` section sets for ``backend`` (one owner for both
-    ``koemo transcribe`` and ``koemo reproduce``): ``shared_pass`` applies to whisper-base only."""
-    return {"shared_pass": True} if getattr(asr_config, "shared_pass", False) and backend == "whisper-base" else {}
+class SharedPassBackend(ASRBackend):
+    """``whisper-base`` as :class:`koemo.asr.shared_pass.SharedWhisper` decodes it over the default bundle's speech
+    encoder (every layer, torch float32): the recogniser of a recipe with ``asr.shared_pass``, so
+    training reads the transcripts the service produces. Its cache key says so (``shared_pass``),
+    so these transcripts never mix with faster-whisper's. After each clip, :attr:`frames` holds
+    that pass's speech features (what :class:`koemo.encoders.store.FeatureStore` stores for
+    :attr:`encoder`): :func:`fill` keeps them."""
+
+    name = "whisper-base"
+
+    def __init__(self, cpu_threads: int | None = None):
+        from koemo.asr.shared_pass import SharedWhisper
+        from koemo.encoders import get_speech_encoder
+        from koemo.encoders.base import ALL_LAYERS
+
+        self.encoder = get_speech_encoder("whisper-base-encoder", layer=ALL_LAYERS)
+        self.shared = SharedWhisper(self.encoder, cpu_threads=cpu_threads)
+        self.frames: np.ndarray | None = None
+
+    def params(self) -> dict:
+        return self.shared.params()
+
+    def _recognise(self, audio: np.ndarray) -> str:
+        self.frames = None
+        text, self.frames, _ = self.shared.joint(audio)
+        return text
+
+
+def recogniser_factory(asr_config, backend: str):
+    """What builds the recogniser of ``backend`` under a recipe's ``asr`` section (one owner for
+    ``koemo transcribe`` and ``koemo reproduce``): :class:`SharedPassBackend` for whisper-base
+    with ``asr.shared_pass``, else None (``make_backend`` by name). Picklable: worker processes
+    and Ray actors build their own."""
+    return SharedPassBackend if getattr(asr_config, "shared_pass", False) and backend == "whisper-base" else None
 
 
 @dataclass
@@ -44,7 +79,6 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress
     pass plus decoding). A clip that cannot be read is left out (the ordinary paths report it)."""
     from tqdm import tqdm
 
-    from koemo.asr.base import make_backend
     from koemo.asr.cache import TranscriptCache, noise_key
     from koemo.asr.transcribe import _attempt
     from koemo.errors import BadInputError
@@ -63,7 +97,7 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress
             todo.append((u, key))
         if not todo:
             return report
-        backend = backend or make_backend("whisper-base", shared_pass=True)
+        backend = backend or SharedPassBackend()
         nkey = noise_key(None)
         todo = [(u, k) for u, k in todo if cache.get(k, backend.cache_key, nkey) is None]
         folder = store.encoder_dir("speech", backend.encoder)
@@ -92,4 +126,4 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress
     return report
 
 
-__all__ = ["FillReport", "backend_options", "fill"]
+__all__ = ["FillReport", "SharedPassBackend", "fill", "recogniser_factory"]

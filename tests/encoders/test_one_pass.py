@@ -1,4 +1,4 @@
-"""One Whisper pass per clip for transcript and features (koemo.asr.one_pass): what it writes, what
+"""One Whisper pass per clip for transcript and features (koemo.encoders.one_pass): what it writes, what
 it leaves alone, with a scripted recogniser; then the real whisper-base on two clips (slow)."""
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ import soundfile as sf
 
 from koemo.asr.base import ASRBackend, make_backend
 from koemo.asr.cache import TranscriptCache
-from koemo.asr.one_pass import backend_options, fill
 from koemo.config import ASRConfig
 from koemo.data.manifest import Utterance
+from koemo.encoders.one_pass import SharedPassBackend, fill, recogniser_factory
 from koemo.encoders.store import FeatureStore
-from koemo.errors import KoemoError
 
 
 class FakeEncoder:
@@ -100,11 +99,9 @@ def test_a_clip_that_cannot_be_read_is_skipped_by_name(setup, tmp_path):
 
 
 def test_the_recipe_switch_applies_to_whisper_base_only():
-    assert backend_options(ASRConfig(shared_pass=True), "whisper-base") == {"shared_pass": True}
-    assert backend_options(ASRConfig(shared_pass=True), "vosk-ko") == {}
-    assert backend_options(ASRConfig(), "whisper-base") == {}
-    with pytest.raises(KoemoError, match="shared_pass decodes whisper-base .* backend 'vosk-ko' has none"):
-        make_backend("vosk-ko", shared_pass=True)
+    assert recogniser_factory(ASRConfig(shared_pass=True), "whisper-base") is SharedPassBackend
+    assert recogniser_factory(ASRConfig(shared_pass=True), "vosk-ko") is None
+    assert recogniser_factory(ASRConfig(), "whisper-base") is None
 
 
 @pytest.mark.slow
@@ -118,14 +115,14 @@ def test_real_one_pass_fills_what_transcribe_and_the_store_then_read(require_mod
     store = FeatureStore()
     report = fill(utts, store, progress=False)
     assert (report.transcripts, report.features) == (2, 2)
-    got = transcribe_utterances(utts, "whisper-base", backend_options={"shared_pass": True}, progress=False)
+    got = transcribe_utterances(utts, "whisper-base", factory=SharedPassBackend, progress=False)
     assert (got.cached, got.computed) == (2, 0)
     feats = store.speech("whisper-base-encoder", utts, layer="all", progress=False)
     assert (store.hits, store.extracted) == (2, 0)
     enc = get_speech_encoder("whisper-base-encoder", layer="all")
     audio = load_audio(utts[0].audio)
     np.testing.assert_array_equal(feats[utts[0].id], enc.encode(audio).astype(np.float16))
-    backend = make_backend("whisper-base", shared_pass=True)
+    backend = SharedPassBackend()
     assert got.texts[utts[0].id] == backend.transcribe(audio)
     # faster-whisper's transcripts live under another key: neither run reads the other's
     assert make_backend("whisper-base").cache_key != backend.cache_key
@@ -153,7 +150,7 @@ def _plan(shared=True, layer="all", speech="whisper-base-encoder", sources=("asr
     (_plan(sources=("asr:vosk-ko",)), False),
 ])
 def test_reproduce_runs_the_pass_only_where_it_fills_both(monkeypatch, plan, runs):
-    import koemo.asr.one_pass as one_pass
+    import koemo.encoders.one_pass as one_pass
     from koemo.experiments.inputs import _one_pass
 
     calls = []
@@ -163,7 +160,7 @@ def test_reproduce_runs_the_pass_only_where_it_fills_both(monkeypatch, plan, run
 
 
 def test_reproduce_leaves_the_pass_to_ray_actors(monkeypatch):
-    import koemo.asr.one_pass as one_pass
+    import koemo.encoders.one_pass as one_pass
     from koemo import distributed
     from koemo.experiments.inputs import _one_pass
 
@@ -172,17 +169,17 @@ def test_reproduce_leaves_the_pass_to_ray_actors(monkeypatch):
     _one_pass(_plan(), ["u"], progress=False)
 
 
-@pytest.mark.parametrize("args, fills, options", [
-    ([], True, {"shared_pass": True}),
-    (["--noise", "babble", "--snr", "5"], False, {"shared_pass": True}),
-    (["--sample", "2"], False, {"shared_pass": True}),
-    (["--backend", "vosk-ko"], False, {}),
-    (["--set", "asr.shared_pass=false"], False, {}),
+@pytest.mark.parametrize("args, fills, factory", [
+    ([], True, SharedPassBackend),
+    (["--noise", "babble", "--snr", "5"], False, SharedPassBackend),
+    (["--sample", "2"], False, SharedPassBackend),
+    (["--backend", "vosk-ko"], False, None),
+    (["--set", "asr.shared_pass=false"], False, None),
 ])
-def test_transcribe_cli_runs_the_pass_and_decodes_as_the_recipe_says(monkeypatch, tmp_path, args, fills, options):
+def test_transcribe_cli_runs_the_pass_and_decodes_as_the_recipe_says(monkeypatch, tmp_path, args, fills, factory):
     from typer.testing import CliRunner
 
-    import koemo.asr.one_pass as one_pass
+    import koemo.encoders.one_pass as one_pass
     import koemo.asr.transcribe as transcribe
     from koemo.asr.transcribe import TranscribeReport
     from koemo.cli import app
@@ -193,7 +190,19 @@ def test_transcribe_cli_runs_the_pass_and_decodes_as_the_recipe_says(monkeypatch
     filled, seen = [], []
     monkeypatch.setattr(one_pass, "fill", lambda utts, store, **k: filled.append([u.id for u in utts]))
     monkeypatch.setattr(transcribe, "transcribe_manifest",
-                        lambda *a, backend_options=None, **k: seen.append(backend_options) or TranscribeReport("x"))
+                        lambda *a, factory=None, **k: seen.append(factory) or TranscribeReport("x"))
     result = CliRunner().invoke(app, ["transcribe", "-r", "emotiontts", "--set", f"data.manifest={manifest}", *args])
     assert result.exit_code == 0, result.output
-    assert filled == ([["a"]] if fills else []) and seen == [options]
+    assert filled == ([["a"]] if fills else []) and seen == [factory]
+
+
+def test_worker_processes_build_the_recogniser_the_factory_gives(setup):
+    """``--jobs 2``: each spawned worker builds its own recogniser from the (picklable) factory,
+    not by name (by name this would be faster-whisper's, under another cache key)."""
+    from koemo.asr.transcribe import transcribe_utterances
+
+    utts, _, cache, _ = setup
+    report = transcribe_utterances(utts, "whisper-base", jobs=2, cache=cache, factory=FakeShared, progress=False)
+    assert report.texts == {"u0": "16000 samples", "u1": "8000 samples", "silent": ""}
+    assert report.source == "asr:whisper-base" and report.computed == 3
+    assert cache.get(cache.audio_key(utts[0]), FakeShared().cache_key, "") == "16000 samples"
