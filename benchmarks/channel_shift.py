@@ -24,7 +24,6 @@ are kept in the feature store, keyed by the channel. Weighted F1, mean ± sd ove
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import zlib
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SR = 16000
 CHANNELS = ("clean", "telephone", "reverb", "babble 10 dB", "quiet -20 dB")
@@ -94,24 +93,16 @@ class Channel:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default="emotiontts")
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--set", action="append", default=[], help="a recipe override, as koemo's --set")
-    ap.add_argument("--json", help="also write the numbers here")
-    args = ap.parse_args()
+    from textneutral import arguments, fold_bundles, weighted_f1
 
+    args = arguments(__doc__)
     import dataclasses
 
     from koemo.cliutil import recipe_from
     from koemo.data.prepare import load_or_prepare
     from koemo.experiments.inputs import speech_layer
-    from koemo.metrics import compute_metrics
     from koemo.training import bundle as bundles
-    from koemo.training.data import FeatureData
     from koemo.training.features import load_features, speech_input, store_for
-    from koemo.training.final import cv_dir
-    from koemo.training.trainer import predict_proba
 
     recipe = recipe_from(args.recipe, args.set)
     source = recipe.eval.text
@@ -119,12 +110,7 @@ def main() -> None:
     frames, _, _ = load_features(recipe, utts, [], progress=False)
     store = store_for(recipe)
     layer = speech_layer(recipe, recipe.encoders.speech)
-    found = []
-    for seed in range(args.seeds):
-        where = cv_dir(recipe, "text-neutral") / f"seed{seed}" / "text-neutral"
-        if not (where / bundles.META).is_file():
-            sys.exit(f"{where}: no bundle; run: koemo reproduce -r {args.recipe} --seeds {args.seeds}")
-        found.append(where)
+    found = fold_bundles(recipe, args.recipe, args.seeds)
     test_ids = frozenset(p.id for p in bundles.read_predictions(found[0], source) or [])
     test = [u for u in utts if u.id in test_ids]
     _, text, _ = load_features(recipe, test, [source], progress=False)
@@ -141,11 +127,8 @@ def main() -> None:
             views[mode] = speech_input(recipe, shifted, regrouped)[0]
         for where in found:
             b = bundles.load_bundle(where)
-            ids = [u.id for u in test]
             for mode in MODES:
-                data = FeatureData(views[mode], text, {u.id: u.label for u in test}, b.labels)
-                pred = [b.labels[int(p.argmax())] for p in predict_proba(b.model, data, ids, source)]
-                scores[channel][mode].append(compute_metrics([u.label for u in test], pred, b.labels).weighted_f1)
+                scores[channel][mode].append(weighted_f1(b, views[mode], text, test, source))
         print(f"{channel}: " + ", ".join(f"{m} {np.mean(scores[channel][m]):.3f}" for m in MODES), flush=True)
     print(f"\n| channel | {' | '.join(MODES)} |\n|---|" + "---:|" * len(MODES))
     for c in CHANNELS:  # mean ± sample sd over seeds, as the report

@@ -21,36 +21,27 @@ Weighted F1 on the service text (``eval.text``), mean ± sample standard deviati
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODES = ("speaker", "test set", "clip + corpus", "raw")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default="emotiontts")
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--set", action="append", default=[], help="a recipe override, as koemo's --set")
-    ap.add_argument("--json", help="also write the numbers here")
-    args = ap.parse_args()
+    from textneutral import arguments, fold_bundles, weighted_f1
 
+    args = arguments(__doc__)
     import dataclasses
 
     from koemo.cliutil import recipe_from
     from koemo.data.prepare import load_or_prepare
-    from koemo.metrics import compute_metrics
     from koemo.training import bundle as bundles
-    from koemo.training.data import FeatureData
     from koemo.training.features import load_features, speech_input
-    from koemo.training.final import cv_dir
-    from koemo.training.trainer import predict_proba
 
     recipe = recipe_from(args.recipe, args.set)
     raw = dataclasses.replace(recipe, encoders=dataclasses.replace(recipe.encoders, normalise="none"))
@@ -70,20 +61,13 @@ def main() -> None:
         return views[(mode, test_ids)]
 
     scores: dict[str, list[float]] = {m: [] for m in MODES}
-    for seed in range(args.seeds):
-        where = cv_dir(recipe, "text-neutral") / f"seed{seed}" / "text-neutral"
-        if not (where / bundles.META).is_file():
-            sys.exit(f"{where}: no bundle; run: koemo reproduce -r {args.recipe} --seeds {args.seeds}")
+    for seed, where in enumerate(fold_bundles(recipe, args.recipe, args.seeds)):
         b = bundles.load_bundle(where)
         test_ids = frozenset(p.id for p in bundles.read_predictions(where, source) or [])
         test = [u for u in utts if u.id in test_ids]
-        ids = [u.id for u in test]
         _, text, _ = load_features(recipe, test, [source], progress=False)
         for mode in MODES:
-            data = FeatureData(speech_of(mode, test_ids), text, {u.id: u.label for u in test}, b.labels)
-            probs = predict_proba(b.model, data, ids, source)
-            pred = [b.labels[int(p.argmax())] for p in probs]
-            scores[mode].append(compute_metrics([u.label for u in test], pred, b.labels).weighted_f1)
+            scores[mode].append(weighted_f1(b, speech_of(mode, test_ids), text, test, source))
         print(f"seed {seed}: " + ", ".join(f"{m} {scores[m][-1]:.3f}" for m in MODES), flush=True)
     print("\n| test-time normalisation | weighted F1 (text-neutral, %d seeds) |\n|---|---:|" % args.seeds)
     for m in MODES:
