@@ -44,7 +44,8 @@ def transcribe(
 
     Transcripts are cached (SQLite under the cache root): a re-run is instant, an interrupted run resumes.
     With the recipe's asr.shared_pass, whisper-base is decoded from the speech encoder's pass (as
-    koemo predict does), and that pass also fills the feature store of whisper-base-encoder (every layer).
+    koemo predict does), and that pass also fills the feature store where the recipe reads every
+    layer of whisper-base-encoder.
     """
     from koemo.asr.transcribe import transcribe_manifest
     from koemo.data.prepare import load_or_prepare
@@ -58,8 +59,9 @@ def transcribe(
     backend = backend or asr.backend
     factory = recogniser_factory(asr, backend)
     path, utts = load_or_prepare(cfg, data_dir)
-    if factory is not None and noise is None and sample is None and not (ray or ray_address):
-        fill(utts, store_for(cfg))  # asr.shared_pass: the pass that decodes a clip stores its features too
+    stores = cfg.encoders.speech == "whisper-base-encoder" and cfg.encoders.speech_layer == "all"
+    if factory is not None and stores and noise is None and sample is None and not (ray or ray_address):
+        fill(utts, store_for(cfg))  # asr.shared_pass: the pass that decodes a clip stores the recipe's features too
     with ray_engine(ray, ray_address, ray_gpus):  # --ray: Ray actors instead of --jobs processes
         report = transcribe_manifest(
             path, backend, noise, snr, asr.seed if seed is None else seed,

@@ -175,6 +175,7 @@ def test_reproduce_leaves_the_pass_to_ray_actors(monkeypatch):
     (["--sample", "2"], False, SharedPassBackend),
     (["--backend", "vosk-ko"], False, None),
     (["--set", "asr.shared_pass=false"], False, None),
+    (["--set", "encoders.speech_layer=3"], False, SharedPassBackend),  # decoded so, but not the recipe's features
 ])
 def test_transcribe_cli_runs_the_pass_and_decodes_as_the_recipe_says(monkeypatch, tmp_path, args, fills, factory):
     from typer.testing import CliRunner
