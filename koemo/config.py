@@ -57,7 +57,7 @@ class ASRConfig:
     snr: float | None = None  # dB
     seed: int = 0
     jobs: int = 1
-    # whisper-base transcripts decoded from the speech encoder's own pass (koemo.asr.shared_pass),
+    # whisper-base transcripts decoded from the speech encoder's own pass (koemo.encoders.one_pass),
     # as `koemo predict` and `koemo serve` decode them: training sees the service's transcripts,
     # and one Whisper pass per clip fills both the transcript cache and the feature store
     shared_pass: bool = False

@@ -214,7 +214,7 @@ def _speech_runtime(name: str, runtime: str) -> dict:
     runtime (float32 always: int8 would change the features the head was trained on)."""
     from koemo.encoders.base import SPEECH_ENCODERS
 
-    cls = SPEECH_ENCODERS.get(name) if name in SPEECH_ENCODERS.names() else None
+    cls = SPEECH_ENCODERS.get(name) if name in SPEECH_ENCODERS else None
     return {"runtime": "onnx"} if runtime != "torch" and "onnx" in getattr(cls, "runtimes", ()) else {}
 
 
