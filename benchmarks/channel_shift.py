@@ -111,6 +111,7 @@ def main() -> None:
     store = store_for(recipe)
     layer = speech_layer(recipe, recipe.encoders.speech)
     found = fold_bundles(recipe, args.recipe, args.seeds)
+    models = [bundles.load_bundle(where) for where in found]
     test_ids = frozenset(p.id for p in bundles.read_predictions(found[0], source) or [])
     test = [u for u in utts if u.id in test_ids]
     _, text, _ = load_features(recipe, test, [source], progress=False)
@@ -125,8 +126,7 @@ def main() -> None:
             regrouped = [dataclasses.replace(u, speaker=u.id) if mode != "speaker" and u.id in test_ids else u
                          for u in utts]
             views[mode] = speech_input(recipe, shifted, regrouped)[0]
-        for where in found:
-            b = bundles.load_bundle(where)
+        for b in models:
             for mode in MODES:
                 scores[channel][mode].append(weighted_f1(b, views[mode], text, test, source))
         print(f"{channel}: " + ", ".join(f"{m} {np.mean(scores[channel][m]):.3f}" for m in MODES), flush=True)

@@ -49,7 +49,7 @@ def transcribe(
     """
     from koemo.asr.transcribe import transcribe_manifest
     from koemo.data.prepare import load_or_prepare
-    from koemo.encoders.one_pass import fill, recogniser_factory
+    from koemo.encoders.one_pass import fill, gives_recipe_features, recogniser_factory
     from koemo.encoders.store import store_for
 
     cfg = recipe_from(recipe, overrides)
@@ -59,8 +59,8 @@ def transcribe(
     backend = backend or asr.backend
     factory = recogniser_factory(asr, backend)
     path, utts = load_or_prepare(cfg, data_dir)
-    stores = cfg.encoders.speech == "whisper-base-encoder" and cfg.encoders.speech_layer == "all"
-    if factory is not None and stores and noise is None and sample is None and not (ray or ray_address):
+    if (factory is not None and gives_recipe_features(cfg) and noise is None and sample is None
+            and not (ray or ray_address)):
         fill(utts, store_for(cfg))  # asr.shared_pass: the pass that decodes a clip stores the recipe's features too
     with ray_engine(ray, ray_address, ray_gpus):  # --ray: Ray actors instead of --jobs processes
         report = transcribe_manifest(

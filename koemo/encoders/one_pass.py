@@ -51,7 +51,6 @@ class SharedPassBackend(ASRBackend):
         return self.shared.params()
 
     def _recognise(self, audio: np.ndarray) -> str:
-        self.frames = None
         text, self.frames, _ = self.shared.joint(audio)
         return text
 
@@ -62,6 +61,14 @@ def recogniser_factory(asr_config, backend: str):
     with ``asr.shared_pass``, else None (``make_backend`` by name). Picklable: worker processes
     and Ray actors build their own."""
     return SharedPassBackend if getattr(asr_config, "shared_pass", False) and backend == "whisper-base" else None
+
+
+def gives_recipe_features(recipe) -> bool:
+    """Whether the pass's frames are what ``recipe`` reads as speech features (every layer of
+    whisper-base-encoder), so filling the store with them is work the recipe needs."""
+    from koemo.encoders.base import ALL_LAYERS
+
+    return recipe.encoders.speech == "whisper-base-encoder" and recipe.encoders.speech_layer == ALL_LAYERS
 
 
 @dataclass
@@ -119,6 +126,7 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress
             cache.put(key, backend.cache_key, nkey, text)
             report.transcripts += 1
     finally:
+        store.flush()
         if own_cache:
             cache.close()
     if report.transcripts:
@@ -126,4 +134,4 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress
     return report
 
 
-__all__ = ["FillReport", "SharedPassBackend", "fill", "recogniser_factory"]
+__all__ = ["FillReport", "SharedPassBackend", "fill", "gives_recipe_features", "recogniser_factory"]

@@ -113,8 +113,12 @@ class FeatureStore:
         return self._entry(folder, key)
 
     def put(self, path: Path, array: np.ndarray, where: str) -> None:
-        """Write one entry (float16, atomically) computed elsewhere: :func:`koemo.asr.one_pass.fill`."""
+        """Write one entry (float16, atomically) computed elsewhere (:func:`koemo.encoders.one_pass.fill`);
+        :meth:`flush` afterwards keeps the audio hashes :meth:`speech_path` computed."""
         self._write(path, array, where)
+
+    def flush(self) -> None:
+        """Persist the memo of audio hashes (once, not per entry: it holds every file of the corpus)."""
         self._save_memo()
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 Why: the encoder's pass over a 30 s window is most of a prediction (0.81 of ~1.2 s for a 5 s
 clip, docs/asr.md), and onnxruntime runs the same float32 graph faster than PyTorch on this CPU
-(benchmarks/bench_serving.py). Its outputs equal PyTorch's within float16 rounding, the precision
+(0.81 against 0.88 s in ``benchmarks/bench_shared_pass.py latency``, docs/serving.md). Its outputs equal PyTorch's within float16 rounding, the precision
 the feature store keeps, so the encoder id does not change: a bundle trained on the store's
 features reads these unchanged. The graph is exported once per weights file, layer setting,
 torch and transformers version into the cache (atomically), and checked against PyTorch on a

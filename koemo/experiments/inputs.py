@@ -144,11 +144,11 @@ def _one_pass(plan: Plan, utts: list, progress: bool) -> None:
     recipe = plan.recipe
     if not recipe.asr.shared_pass or distributed.active():
         return
+    from koemo.encoders.one_pass import fill, gives_recipe_features
+
     clean = any(TextSource.parse(s).backend == "whisper-base" and TextSource.parse(s).noise is None
                 for s in plan.all_asr_sources)
-    encoder = "whisper-base-encoder"
-    if clean and encoder in plan.speech_encoders() and speech_layer(recipe, encoder) == "all":
-        from koemo.encoders.one_pass import fill
+    if clean and gives_recipe_features(recipe) and recipe.encoders.speech in plan.speech_encoders():
         from koemo.training.features import store_for
 
         fill(utts, store_for(recipe), progress=progress)

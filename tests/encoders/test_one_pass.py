@@ -207,3 +207,15 @@ def test_worker_processes_build_the_recogniser_the_factory_gives(setup):
     assert report.texts == {"u0": "16000 samples", "u1": "8000 samples", "silent": ""}
     assert report.source == "asr:whisper-base" and report.computed == 3
     assert cache.get(cache.audio_key(utts[0]), FakeShared().cache_key, "") == "16000 samples"
+
+
+def test_the_audio_hashes_are_kept_once_the_pass_ends(setup, tmp_path):
+    """The store's memo of audio hashes is written once at the end (not per clip: at corpus size
+    it holds every file), so a later run does not hash the corpus again."""
+    import json
+    from pathlib import Path
+
+    utts, store, cache, backend = setup
+    fill(utts, store, cache=cache, backend=backend, progress=False)
+    memo = json.loads((tmp_path / "features" / "audio-sha256.json").read_text(encoding="utf-8"))
+    assert sorted(k.split("|")[0] for k in memo) == sorted(str(Path(u.audio).resolve()) for u in utts)
