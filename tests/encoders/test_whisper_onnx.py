@@ -108,3 +108,23 @@ def test_real_encoder_features_equal_pytorch_within_float16(require_model, emoti
     assert onnx.shape == ref.shape == (ref.shape[0], 7, 512)
     assert np.abs(onnx - ref).max() <= wo.REL_TOLERANCE * np.abs(ref).max()
     assert np.mean(onnx.astype(np.float16) == ref.astype(np.float16)) > 0.98  # what the store keeps
+
+
+@pytest.mark.parametrize("error, message", [
+    (RuntimeError("data-dependent branch\nmore detail"),
+     "the Whisper encoder cannot be exported to ONNX (data-dependent branch)"),
+    (ImportError("no module", name="onnxscript"),
+     "--runtime onnx needs onnx, onnxscript and onnxruntime (onnxscript missing); install them with: "
+     "pip install 'koemo[export]'"),
+])
+def test_an_export_that_fails_says_why_in_one_line_and_leaves_nothing(tmp_path, monkeypatch, error, message):
+    import torch
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    with pytest.raises(KoemoError) as e:
+        wo.export(tiny_encoder(layers=1), tmp_path / "enc.onnx", stacked=False)
+    assert str(e.value) == message
+    assert list(tmp_path.iterdir()) == []
