@@ -1,8 +1,8 @@
 """One Whisper encoder pass per clip (koemo.asr.shared_pass): does the transcript get worse, and
 how much faster is ``predict``?
 
-    python benchmarks/bench_shared_pass.py cer [--layer all] [--limit N]
-    python benchmarks/bench_shared_pass.py latency [--runs 9]
+    python benchmarks/bench_shared_pass.py cer [--layer all] [--window 30s|clip] [--limit N]
+    python benchmarks/bench_shared_pass.py latency [--runs 9] [--model BUNDLE]
 
 ``cer``: all 300 EmotionTTS clips, clean and under 5 dB babble (the same mixer, seed and talker
 pool as ``koemo transcribe --noise babble --snr 5``, so the noisy audio is identical), transcribed
@@ -38,13 +38,14 @@ def _utts():
     return LOADERS.get("emotiontts")(data_dir() / "emotiontts_open_db", SkipLog())
 
 
-def _encoder(layer: str):
+def _encoder(layer: str, window: str = "30s"):
     from koemo.encoders import get_speech_encoder
 
-    return get_speech_encoder("whisper-base-encoder", layer=None if layer == "last" else layer)
+    options = {} if window == "30s" else {"window": window}
+    return get_speech_encoder("whisper-base-encoder", layer=None if layer == "last" else layer, **options)
 
 
-def cer(layer: str, limit: int | None, out_dir: Path) -> dict:
+def cer(layer: str, limit: int | None, out_dir: Path, window: str = "30s") -> dict:
     from koemo.asr.metrics import score
     from koemo.asr.noise import NoiseMaker, noise_condition
     from koemo.asr.shared_pass import SharedWhisper
@@ -54,14 +55,14 @@ def cer(layer: str, limit: int | None, out_dir: Path) -> dict:
     utts = _utts()
     todo = utts[:limit] if limit else utts
     only = {u.id for u in todo}
-    shared = SharedWhisper(_encoder(layer))
+    shared = SharedWhisper(_encoder(layer, window))
     key = hashlib.sha256(json.dumps(shared.params(), sort_keys=True, default=str).encode()).hexdigest()[:12]
     out_dir.mkdir(parents=True, exist_ok=True)
     table = {}
     for label, noise, snr in (("clean", None, None), ("babble 5 dB", "babble", 5.0)):
         # today's recogniser, through the cache (computed and stored where missing)
         fw = transcribe_utterances(utts, "whisper-base", noise, snr, 0, only=only, progress=True).texts
-        path = out_dir / f"{'clean' if noise is None else f'{noise}{snr:g}'}-{layer}-{key}.json"
+        path = out_dir / f"{'clean' if noise is None else f'{noise}{snr:g}'}-{layer}-{window}-{key}.json"
         mine = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         maker = NoiseMaker(noise_condition(noise, snr, 0), utts) if noise else None
         extra0, t0, done = shared.extra_passes, time.time(), 0
@@ -88,8 +89,9 @@ def cer(layer: str, limit: int | None, out_dir: Path) -> dict:
             "extra_encoder_passes_this_run": shared.extra_passes - extra0,
         }
         print(json.dumps({label: table[label]}, ensure_ascii=False), flush=True)
-    table["_meta"] = {"layer": layer, "params": shared.params(), "no_speech_clips": shared.no_speech_clips}
-    (out_dir / f"cer-{layer}-{key}.json").write_text(json.dumps(table, indent=1, default=str), encoding="utf-8")
+    table["_meta"] = {"layer": layer, "window": window, "params": shared.params(),
+                      "no_speech_clips": shared.no_speech_clips}
+    (out_dir / f"cer-{layer}-{window}-{key}.json").write_text(json.dumps(table, indent=1, default=str), encoding="utf-8")
     print(f"{'condition':<12} {'clips':>5} {'faster-whisper':>15} {'shared pass':>12} {'delta (points)':>15}")
     for label in ("clean", "babble 5 dB"):
         r = table[label]
@@ -98,7 +100,7 @@ def cer(layer: str, limit: int | None, out_dir: Path) -> dict:
     return table
 
 
-def latency(runs: int) -> dict:
+def latency(runs: int, model: str | None = None) -> dict:
     import numpy as np
 
     from koemo.data.audio import load_audio
@@ -108,9 +110,9 @@ def latency(runs: int) -> dict:
     utt = min(_utts(), key=lambda u: abs(u.duration - 5.0))
     audio = load_audio(utt.audio)
     limits = Limits(max_duration_s=0)
-    today = load_predictor(None, limits=limits, shared_pass=False)
-    shared = load_predictor(None, limits=limits, shared_pass=True)
-    onnx = load_predictor(None, limits=limits, shared_pass=True, runtime="onnx")
+    today = load_predictor(model, limits=limits, shared_pass=False)
+    shared = load_predictor(model, limits=limits, shared_pass=True)
+    onnx = load_predictor(model, limits=limits, shared_pass=True, runtime="onnx")
     assert shared.joint is not None and today.joint is None and onnx.joint is not None
     asr = get_asr("whisper-base")
     jobs = {"asr_alone": lambda: asr.transcribe(audio), "predict_today": lambda: today.predict(audio),
@@ -131,6 +133,7 @@ def latency(runs: int) -> dict:
     p50 = {k: float(np.median(v)) for k, v in times.items()}
     res = {
         "clip": utt.id, "duration_s": round(len(audio) / 16000, 2), "runs": runs, "p50_s": p50,
+        "model": shared.describe().get("bundle"),
         "ratio_today": p50["predict_today"] / p50["asr_alone"], "ratio_shared": p50["predict_shared"] / p50["asr_alone"],
         "ratio_shared_onnx": p50["predict_shared_onnx"] / p50["asr_alone"],
         "stage_p50_s": {k: {s: float(np.median([t[s] for t in v])) for s in v[0]} for k, v in stages.items()},
@@ -148,17 +151,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["cer", "latency"])
     ap.add_argument("--layer", default="all", choices=["all", "last"], help="speech encoder whose pass is shared")
+    ap.add_argument("--window", default="30s", choices=["30s", "clip"],
+                    help="what the encoder sees of each window (encoders.speech_window)")
     ap.add_argument("--limit", type=int, default=None, help="first N clips only (a quick look)")
     ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--model", default=None, help="latency: this bundle instead of the default one")
     args = ap.parse_args()
     from koemo.paths import cache_root
 
     out_dir = cache_root() / "bench" / "shared_pass"
     if args.what == "cer":
-        cer(args.layer, args.limit, out_dir)
+        cer(args.layer, args.limit, out_dir, args.window)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        res = latency(args.runs)
+        res = latency(args.runs, args.model)
         (out_dir / f"latency-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
 
 

@@ -100,7 +100,7 @@ def main() -> None:
 
     from koemo.cliutil import recipe_from
     from koemo.data.prepare import load_or_prepare
-    from koemo.experiments.inputs import speech_layer
+    from koemo.encoders.base import speech_settings
     from koemo.training import bundle as bundles
     from koemo.training.features import load_features, speech_input, store_for
 
@@ -109,7 +109,7 @@ def main() -> None:
     _, utts = load_or_prepare(recipe, None)
     frames, _, _ = load_features(recipe, utts, [], progress=False)
     store = store_for(recipe)
-    layer = speech_layer(recipe, recipe.encoders.speech)
+    settings = speech_settings(recipe.encoders)
     found = fold_bundles(recipe, args.recipe, args.seeds)
     models = [bundles.load_bundle(where) for where in found]
     test_ids = frozenset(p.id for p in bundles.read_predictions(found[0], source) or [])
@@ -119,7 +119,7 @@ def main() -> None:
     for channel in CHANNELS:
         shifted = dict(frames)
         if channel != "clean":
-            shifted.update(store.speech(recipe.encoders.speech, test, layer=layer,
+            shifted.update(store.speech(recipe.encoders.speech, test, **settings,
                                         transform=Channel(channel, tuple(utts))))
         views = {}
         for mode in MODES:

@@ -70,6 +70,9 @@ class EncoderConfig:
     speech: str = "whisper-base-encoder"
     text: str = "embeddinggemma-300m"
     speech_layer: int | str | None = None  # None = last layer; k; "all": every layer, mixed by the head
+    # What a Whisper encoder sees of each 30 s window: 30s (zero-padded, as Whisper was trained)
+    # or clip (the clip's frames plus 1 s: a fraction of the work for short clips; other features)
+    speech_window: str = "30s"
     finetune: bool = False  # False: read frozen features from the store
     # none | speaker: standardise each speaker's (in service: session's) frames by their own
     # statistics; groups under normalise_min_clips clips use the training corpus's (koemo.fusion.inputs)

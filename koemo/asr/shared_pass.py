@@ -38,6 +38,7 @@ HOP = 160  # mel hop: 100 mel frames per second
 N_FRAMES = 3000  # mel frames in a 30 s window
 TIME_PRECISION = 0.02  # seconds per timestamp token
 MAX_LENGTH = 448  # Whisper's decoder context
+AFTER_END_S = 0.5  # DecodeOptions.after_end_s where the encoder saw only the clip
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class DecodeOptions:
     no_repeat_ngram_size: int = 0
     suppress_blank: bool = True
     max_initial_timestamp: float = 1.0
+    #: drop a segment that starts this close to the end of the audio or later (None: keep all).
+    #: Set where the encoder saw only the clip (``window="clip"``): with 1 s of padding instead of
+    #: 25 the decoder often reads the sentence again in timestamps past the audio's end.
+    after_end_s: float | None = None
 
 
 @dataclass
@@ -195,7 +200,10 @@ class WindowDecoder:
                                                  seek * HOP / SAMPLE_RATE, segment_size, seek)
             # an unfinished segment right at the window start would decode the same window forever
             seek = next_seek if next_seek > seek else seek + segment_size
+            audio_end = content_frames * HOP / SAMPLE_RATE
             for start, end, tokens in segments:
+                if self.options.after_end_s is not None and start >= audio_end - self.options.after_end_s:
+                    continue  # a segment the audio has no room for: the decoder read the clip again
                 text = self.tokenizer.decode(tokens)
                 if start != end and text.strip():
                     texts.append(text.strip())
@@ -239,8 +247,10 @@ class SharedWhisper:
             intra_threads=cpu_threads or WhisperBackend.cpu_threads)
         hf = tokenizers.Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         tokenizer = Tokenizer(hf, self.model.is_multilingual, task="transcribe", language=WhisperBackend.language)
-        self.decoder = WindowDecoder(self.model, tokenizer, get_suppressed_tokens(tokenizer, [-1]),
-                                     options or DecodeOptions())
+        if options is None:
+            short = getattr(speech_encoder, "window", "30s") != "30s"
+            options = DecodeOptions(after_end_s=AFTER_END_S if short else None)
+        self.decoder = WindowDecoder(self.model, tokenizer, get_suppressed_tokens(tokenizer, [-1]), options)
         self.extra_passes = 0  # windows decoded again from a mid-window timestamp (a second encoder pass)
         self.no_speech_clips = 0  # clips Silero VAD found without speech ("" without decoding)
 
@@ -248,10 +258,13 @@ class SharedWhisper:
         """What decides the transcript (as :meth:`WhisperBackend.params`, plus the pass)."""
         import faster_whisper
 
+        options = asdict(self.decoder.options)
+        if options["after_end_s"] is None:
+            del options["after_end_s"]  # off: the key transcripts were cached under before it existed
         return {"model_sha256": _model_fingerprint(self.model_dir), "compute_type": self.compute_type,
                 "faster_whisper": faster_whisper.__version__, "language": WhisperBackend.language,
                 "shared_pass": getattr(self.encoder, "id", ""), "vad": "no-speech-clip" if self.vad else None,
-                **asdict(self.decoder.options)}
+                **options}
 
     def joint(self, audio: np.ndarray) -> tuple[str, np.ndarray, dict[str, float]]:
         """(transcript, speech frames, {"speech_encoder": s, "asr": s}): the pass (mel + encoder)
@@ -265,8 +278,9 @@ class SharedWhisper:
     def transcribe(self, audio: np.ndarray) -> str:
         return self.joint(audio)[0]
 
-    def decode(self, audio: np.ndarray, final: np.ndarray) -> str:
-        """The transcript of ``audio`` from its final-layer window outputs ``[windows, 1500, dim]``."""
+    def decode(self, audio: np.ndarray, final: Sequence[np.ndarray]) -> str:
+        """The transcript of ``audio`` from its final-layer output of each window (``[T_w, dim]``:
+        1500 frames for a whole 30 s window, fewer where the encoder saw only the clip)."""
         import ctranslate2
 
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
@@ -275,8 +289,8 @@ class SharedWhisper:
         if self.vad and not _has_speech(audio):
             self.no_speech_clips += 1
             return ""
-        windows = [ctranslate2.StorageView.from_array(np.ascontiguousarray(final[w:w + 1], dtype=np.float32))
-                   for w in range(final.shape[0])]
+        windows = [ctranslate2.StorageView.from_array(np.ascontiguousarray(out[None], dtype=np.float32))
+                   for out in final]
         ctranslate2.set_random_seed(0)  # temperature fallback samples; as WhisperBackend, per clip
         text, extra = self.decoder.transcribe(windows, audio.size, lambda seek: self._encode_at(audio, seek))
         self.extra_passes += extra

@@ -26,15 +26,36 @@ def _key(kind: str, name: str, layer, extra) -> tuple:
     return (kind, name, layer, tuple(sorted(extra.items())), str(cache_root()), str(models_dir()))
 
 
+def _check_options(name: str, cls, options: dict) -> None:
+    """A setting the encoder does not have (``encoders.speech_window`` for ``mfcc``) is a recipe
+    error to name, not a TypeError from deep inside."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        from koemo.errors import KoemoError
+
+        takes = [p for p in params if p not in ("self", "layer", "model")]
+        raise KoemoError(f"speech encoder {name} has no setting {', '.join(unknown)} "
+                         f"(its settings: {', '.join(takes) or 'none'})")
+
+
 def get_speech_encoder(name: str, layer: int | None = None, **options) -> SpeechEncoder:
     """The speech encoder ``name`` (``hf-speech:<dir-or-name>`` for transformers models),
     built once per setting; ``layer=None`` is the last layer."""
     key = _key("speech", name, layer, options)
     if key not in _INSTANCES:
         if name.startswith("hf-speech:"):
-            _INSTANCES[key] = SPEECH_ENCODERS.get("hf-speech")(name[len("hf-speech:"):], layer=layer, **options)
+            cls = SPEECH_ENCODERS.get("hf-speech")
+            _check_options(name, cls, options)
+            _INSTANCES[key] = cls(name[len("hf-speech:"):], layer=layer, **options)
         else:
-            _INSTANCES[key] = SPEECH_ENCODERS.get(name)(layer=layer, **options)
+            cls = SPEECH_ENCODERS.get(name)
+            _check_options(name, cls, options)
+            _INSTANCES[key] = cls(layer=layer, **options)
     return _INSTANCES[key]  # type: ignore[return-value]
 
 

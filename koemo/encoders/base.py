@@ -35,6 +35,25 @@ log = logging.getLogger("koemo")
 SAMPLE_RATE = 16_000
 #: ``layer="all"``: every hidden layer of one pass, stacked on a layer axis ``[T, L, dim]``
 ALL_LAYERS = "all"
+#: ``encoders.speech_window`` of a recipe that does not set it (Whisper's 30 s window)
+DEFAULT_WINDOW = "30s"
+
+
+def speech_settings(section, name: str | None = None) -> dict:
+    """The keywords a recipe's ``encoders`` section (or a bundle's recorded one, a dict) gives
+    its speech encoder: ``layer`` (``speech_layer``) and, where set, ``window``
+    (``speech_window``). One owner, so training, the store and service build the same encoder.
+    Another encoder ``name`` than the section's speech encoder gets its defaults (last layer)."""
+    def get(key: str, default=None):
+        return section.get(key, default) if isinstance(section, dict) else getattr(section, key, default)
+
+    if name is not None and name != get("speech", "whisper-base-encoder"):
+        return {"layer": None}
+    settings = {"layer": get("speech_layer")}
+    window = get("speech_window", DEFAULT_WINDOW)
+    if window != DEFAULT_WINDOW:  # encoders without windows never see the keyword
+        settings["window"] = window
+    return settings
 
 
 class SpeechEncoder:

@@ -57,11 +57,11 @@ def transcribe(
     noise = noise if noise is not None else asr.noise
     snr = snr if snr is not None else asr.snr
     backend = backend or asr.backend
-    factory = recogniser_factory(asr, backend)
+    factory = recogniser_factory(cfg, backend)
     path, utts = load_or_prepare(cfg, data_dir)
     if (factory is not None and gives_recipe_features(cfg) and noise is None and sample is None
             and not (ray or ray_address)):
-        fill(utts, store_for(cfg))  # asr.shared_pass: the pass that decodes a clip stores the recipe's features too
+        fill(utts, store_for(cfg), factory=factory)  # asr.shared_pass: the pass that decodes a clip stores the recipe's features too
     with ray_engine(ray, ray_address, ray_gpus):  # --ray: Ray actors instead of --jobs processes
         report = transcribe_manifest(
             path, backend, noise, snr, asr.seed if seed is None else seed,
@@ -114,6 +114,7 @@ def _extract(store, utts, names, sources, layer, cfg, log) -> None:
     import time
 
     from koemo.encoders import encoder_kind
+    from koemo.encoders.base import speech_settings
     from koemo.encoders.store import check_sources
     from koemo.errors import SkipLog
 
@@ -126,8 +127,10 @@ def _extract(store, utts, names, sources, layer, cfg, log) -> None:
             skips = SkipLog()
             t0 = time.time()
             if kind == "speech":
-                lay = layer if layer is not None else cfg.encoders.speech_layer
-                got = store.speech(name, utts, layer=lay, skips=skips)
+                settings = speech_settings(cfg.encoders, name)
+                if layer is not None:
+                    settings["layer"] = layer
+                got = store.speech(name, utts, skips=skips, **settings)
                 label = name
             else:
                 got = store.text(name, utts, source=source, layer=layer, skips=skips)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Sequence
 
 import numpy as np
 
 from koemo.asr.base import ASRBackend
 from koemo.data.manifest import Utterance
+from koemo.encoders.base import ALL_LAYERS, DEFAULT_WINDOW
 
 log = logging.getLogger("koemo")
 
@@ -38,12 +40,12 @@ class SharedPassBackend(ASRBackend):
 
     name = "whisper-base"
 
-    def __init__(self, cpu_threads: int | None = None):
+    def __init__(self, cpu_threads: int | None = None, window: str = DEFAULT_WINDOW):
         from koemo.asr.shared_pass import SharedWhisper
         from koemo.encoders import get_speech_encoder
-        from koemo.encoders.base import ALL_LAYERS
 
-        self.encoder = get_speech_encoder("whisper-base-encoder", layer=ALL_LAYERS)
+        options = {} if window == DEFAULT_WINDOW else {"window": window}
+        self.encoder = get_speech_encoder("whisper-base-encoder", layer=ALL_LAYERS, **options)
         self.shared = SharedWhisper(self.encoder, cpu_threads=cpu_threads)
         self.frames: np.ndarray | None = None
 
@@ -55,19 +57,22 @@ class SharedPassBackend(ASRBackend):
         return text
 
 
-def recogniser_factory(asr_config, backend: str):
-    """What builds the recogniser of ``backend`` under a recipe's ``asr`` section (one owner for
-    ``koemo transcribe`` and ``koemo reproduce``): :class:`SharedPassBackend` for whisper-base
-    with ``asr.shared_pass``, else None (``make_backend`` by name). Picklable: worker processes
-    and Ray actors build their own."""
-    return SharedPassBackend if getattr(asr_config, "shared_pass", False) and backend == "whisper-base" else None
+def recogniser_factory(recipe, backend: str):
+    """What builds the recogniser of ``backend`` under ``recipe`` (one owner for ``koemo
+    transcribe`` and ``koemo reproduce``): :class:`SharedPassBackend` over the window the
+    recipe's speech encoder sees (``encoders.speech_window``) for whisper-base with
+    ``asr.shared_pass``, else None (``make_backend`` by name). Picklable: worker processes and
+    Ray actors build their own."""
+    if not (getattr(recipe.asr, "shared_pass", False) and backend == "whisper-base"):
+        return None
+    window = getattr(recipe.encoders, "speech_window", DEFAULT_WINDOW)
+    return SharedPassBackend if window == DEFAULT_WINDOW else partial(SharedPassBackend, window=window)
 
 
 def gives_recipe_features(recipe) -> bool:
     """Whether the pass's frames are what ``recipe`` reads as speech features (every layer of
-    whisper-base-encoder), so filling the store with them is work the recipe needs."""
-    from koemo.encoders.base import ALL_LAYERS
-
+    whisper-base-encoder, over the recipe's window: :func:`recogniser_factory` builds the pass
+    with it), so filling the store with them is work the recipe needs."""
     return recipe.encoders.speech == "whisper-base-encoder" and recipe.encoders.speech_layer == ALL_LAYERS
 
 
@@ -79,9 +84,11 @@ class FillReport:
     skipped: list = field(default_factory=list)
 
 
-def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress: bool = True) -> FillReport:
-    """One shared pass for every utterance (clean audio) whose whisper-base transcript is not
-    cached yet; its transcript goes to the cache and, where the store lacks them, its frames to
+def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, factory=None,
+         progress: bool = True) -> FillReport:
+    """One shared pass (``backend``, or one ``factory()`` builds when there is work: a
+    :class:`SharedPassBackend`, the default one when neither is given) for every utterance
+    (clean audio) whose whisper-base transcript is not cached yet; its transcript goes to the cache and, where the store lacks them, its frames to
     ``store``. Clips already transcribed are left to the store (encoding alone is cheaper than a
     pass plus decoding). A clip that cannot be read is left out (the ordinary paths report it)."""
     from tqdm import tqdm
@@ -104,7 +111,7 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, progress
             todo.append((u, key))
         if not todo:
             return report
-        backend = backend or SharedPassBackend()
+        backend = backend or (factory or SharedPassBackend)()
         nkey = noise_key(None)
         todo = [(u, k) for u, k in todo if cache.get(k, backend.cache_key, nkey) is None]
         folder = store.encoder_dir("speech", backend.encoder)

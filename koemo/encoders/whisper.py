@@ -7,10 +7,17 @@ Two backends over the same installed files (``koemo models install whisper-base`
   weights upcast to float32, fused q/k/v split) into a ``transformers`` ``WhisperEncoder``. Used
   for fine-tuning and for any layer other than the last.
 
-Input: the log-mel spectrogram of each 30 s window (the window zero-padded to 30 s as Whisper was
-trained, 80 mel bins, hop 10 ms), so the encoder always sees 3000 mel frames and returns 1500
-frames; the frames that cover the audio (``ceil(samples / 320)``) are kept. Longer clips are
-encoded window by window and the frames concatenated.
+Input: the log-mel spectrogram of each 30 s window (80 mel bins, hop 10 ms); longer clips are
+encoded window by window and the frames that cover the audio (``ceil(samples / 320)``) are kept
+and concatenated. ``window`` says what the encoder sees of a window:
+
+- ``30s`` (the default): the window zero-padded to 30 s as Whisper was trained, 3000 mel frames
+  in, 1500 out, whatever the clip's length.
+- ``clip``: only the frames that cover the audio plus :data:`CLIP_MARGIN_S` of the padding
+  (at most 30 s). A 5 s clip costs a sixth of the attention and feed-forward work, and its
+  features no longer depend on how much padding follows it. The decoder reads the shorter
+  output as well (CTranslate2 takes any length; CER and costs in docs/encoders.md). Other features
+  than ``30s``'s, so another encoder id: a bundle trained on one reads only that one.
 
 Layers: ``layer=None`` (or the number of layers, 6 for base) is the encoder output after its final
 layer norm; ``layer=k`` (0..5) is the output of the first k transformer blocks (0 = the
@@ -29,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from koemo.encoders.base import ALL_LAYERS, SPEECH_ENCODERS, SpeechEncoder, installed_checksum, num_threads, short
+from koemo.encoders.whisper_graph import encoder_outputs
 from koemo.errors import KoemoError
 
 WINDOW_SAMPLES = 30 * 16_000  # 30 s
@@ -36,11 +44,24 @@ MEL_FRAMES = 3000
 HOP = 160
 FRAME_SAMPLES = 2 * HOP  # the encoder's stride-2 convolution: 20 ms per frame
 MODEL_NAME = "whisper-base"
+WINDOWS = ("30s", "clip")
+CLIP_MARGIN_S = 1.0  # window="clip": the padding kept after the audio (the decoder sees where speech ends)
 
 
-def log_mel_windows(audio: np.ndarray, n_mels: int = 80) -> tuple[np.ndarray, list[int]]:
-    """``[n_windows, n_mels, 3000]`` log-mel inputs and the number of encoder frames to keep
-    from each window."""
+def window_frames(chunk_samples: int, window: str) -> int:
+    """Encoder frames fed for a window holding ``chunk_samples`` of audio: all 1500 (``30s``),
+    or those covering the audio plus the margin (``clip``)."""
+    if window == "30s":
+        return MEL_FRAMES // 2
+    keep = max(1, math.ceil(chunk_samples / FRAME_SAMPLES))
+    return min(MEL_FRAMES // 2, keep + round(CLIP_MARGIN_S * 16_000 / FRAME_SAMPLES))
+
+
+def log_mel_windows(audio: np.ndarray, n_mels: int = 80, window: str = "30s") -> tuple[list[np.ndarray], list[int]]:
+    """The log-mel input of each window (``[n_mels, 3000]``, or shorter with ``window="clip"``)
+    and the number of encoder frames to keep from each. The log-mel is always computed over the
+    zero-padded 30 s (Whisper's level floor is set by the window's loudest frame, which the
+    padding never is), then cut to what the encoder sees."""
     fe = _feature_extractor(n_mels)
     windows, keep = [], []
     n = max(1, len(audio))
@@ -48,9 +69,21 @@ def log_mel_windows(audio: np.ndarray, n_mels: int = 80) -> tuple[np.ndarray, li
         chunk = audio[start : start + WINDOW_SAMPLES]
         keep.append(max(1, math.ceil(len(chunk) / FRAME_SAMPLES)))
         padded = np.pad(chunk, (0, WINDOW_SAMPLES - len(chunk))).astype(np.float32)
-        mel = fe(padded, padding=0)[:, :MEL_FRAMES]
-        windows.append(mel)
-    return np.stack(windows).astype(np.float32), keep
+        mel = fe(padded, padding=0)[:, : 2 * window_frames(len(chunk), window)]
+        windows.append(np.ascontiguousarray(mel, dtype=np.float32))
+    return windows, keep
+
+
+def same_length_runs(mels: list[np.ndarray]) -> list[np.ndarray]:
+    """Consecutive windows of one length stacked into a batch (all of them with ``30s``; the
+    whole windows and then the shorter last one with ``clip``)."""
+    runs: list[list[np.ndarray]] = []
+    for m in mels:
+        if runs and runs[-1][0].shape == m.shape:
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    return [np.stack(r) for r in runs]
 
 
 _FE: dict[int, object] = {}
@@ -167,7 +200,7 @@ def _torch_module_class():
             mels, keeps, owners = [], [], []
             for b, n in enumerate([int(x) for x in lengths]):
                 m, keep = log_mel_windows(waves_np[b, :max(n, 1)], self.n_mels)
-                mels.append(m)
+                mels.append(np.stack(m))
                 keeps.extend(keep)
                 owners.extend([b] * len(keep))
             x = torch.from_numpy(np.concatenate(mels)).to(next(self.parameters()).device)
@@ -196,8 +229,11 @@ class WhisperBaseEncoder(SpeechEncoder):
     runtimes = ("torch", "onnx")
 
     def __init__(self, layer: int | str | None = None, backend: str | None = None,
-                 model_dir: str | Path | None = None, runtime: str = "torch"):
+                 model_dir: str | Path | None = None, runtime: str = "torch", window: str = "30s"):
         self.model_dir = _model_dir(model_dir)
+        if window not in WINDOWS:
+            raise KoemoError(f"{self.name}: window must be {' or '.join(WINDOWS)}, not {window!r}")
+        self.window = window
         self.n_layers = 6
         if layer == ALL_LAYERS:
             self.stacked = self.n_layers + 1
@@ -208,13 +244,15 @@ class WhisperBaseEncoder(SpeechEncoder):
         if isinstance(layer, int) and layer < 0:
             raise KoemoError(f"{self.name}: layer {layer} out of range 0..{self.n_layers}")
         self.layer = layer
-        self.backend = backend or ("ct2" if layer is None else "torch")
+        self.backend = backend or ("ct2" if layer is None and window == "30s" else "torch")
         if self.backend not in ("ct2", "torch"):
             raise KoemoError(f"{self.name}: backend must be ct2 or torch, not {self.backend!r}")
         if self.backend == "ct2" and layer is not None:
             raise KoemoError(f"{self.name}: the CTranslate2 backend gives the last layer only; use backend=torch")
         if runtime not in self.runtimes:
             raise KoemoError(f"{self.name}: runtime must be {' or '.join(self.runtimes)}, not {runtime!r}")
+        if self.backend == "ct2" and window != "30s":
+            raise KoemoError(f"{self.name}: the CTranslate2 backend encodes whole 30 s windows; use backend=torch")
         # the ct2 backend is CTranslate2's own runtime already
         self.runtime = runtime if self.backend == "torch" else "torch"
         self._onnx = None
@@ -232,7 +270,8 @@ class WhisperBaseEncoder(SpeechEncoder):
     @property
     def id(self) -> str:
         layer = "last" if self.layer is None else str(self.layer)
-        return f"{self.name}|{self.backend}-float32|layer={layer}|mel=30s-window|model={short(self.checksum)}"
+        mel = "30s-window" if self.window == "30s" else f"clip+{CLIP_MARGIN_S:g}s"
+        return f"{self.name}|{self.backend}-float32|layer={layer}|mel={mel}|model={short(self.checksum)}"
 
     def _ct2_model(self):
         if self._ct2 is None:
@@ -258,51 +297,53 @@ class WhisperBaseEncoder(SpeechEncoder):
         return self._onnx
 
     def _encode(self, audio: np.ndarray) -> np.ndarray:
-        out, keep = self._window_outputs(audio)
+        outs, keep = self._window_outputs(audio)
         capture = getattr(_CAPTURE, "windows", None)
         if capture is not None:
-            capture.append(out)
-        return np.concatenate([out[w, :k] for w, k in enumerate(keep)])
+            capture.append(outs)
+        return np.concatenate([out[:k] for out, k in zip(outs, keep)])
 
-    def encode_windows(self, audio: np.ndarray, where: str = "<audio>") -> tuple[np.ndarray, np.ndarray | None]:
-        """``encode``'s frames plus the final layer's output over all 1500 frames of each 30 s
-        window (``[windows, 1500, dim]``, what a Whisper decoder reads), from the same pass;
-        None where this encoder does not compute the final layer (``layer=k`` < last).
-        :mod:`koemo.asr.shared_pass` decodes the transcript from it, so one pass serves both."""
+    def encode_windows(self, audio: np.ndarray, where: str = "<audio>") -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """``encode``'s frames plus the final layer's output over each window as the encoder saw
+        it (``[T_w, dim]``; T_w = 1500 with ``window="30s"``), what a Whisper decoder reads, from
+        the same pass; None where this encoder does not compute the final layer (``layer=k`` <
+        last). :mod:`koemo.asr.shared_pass` decodes the transcript from it, so one pass serves both."""
         _CAPTURE.windows = []
         try:
             frames = self.encode(audio, where)
-            out = _CAPTURE.windows[-1]
+            outs = _CAPTURE.windows[-1]
         finally:
             _CAPTURE.windows = None
-        if self.stacked:
-            return frames, np.ascontiguousarray(out[:, :, -1, :])  # the last of the stack is the final (normed) output
-        return frames, (np.ascontiguousarray(out) if self.layer is None else None)
+        if self.stacked:  # the last of the stack is the final (normed) output
+            return frames, [np.ascontiguousarray(out[:, -1, :]) for out in outs]
+        return frames, ([np.ascontiguousarray(out) for out in outs] if self.layer is None else None)
 
-    def _window_outputs(self, audio: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """The encoder output over every whole window, and the frames of each that cover the audio."""
-        mels, keep = log_mel_windows(audio)
-        if self.backend == "ct2":
-            import ctranslate2
+    def _window_outputs(self, audio: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+        """The encoder output of every window as the encoder saw it, and the frames of each that
+        cover the audio."""
+        mels, keep = log_mel_windows(audio, window=self.window)
+        outs: list[np.ndarray] = []
+        for batch in same_length_runs(mels):
+            if self.backend == "ct2":
+                import ctranslate2
 
-            out = np.array(self._ct2_model().encode(ctranslate2.StorageView.from_array(mels), to_cpu=True))
-        elif self.runtime == "onnx":
-            out = self._onnx_encoder()(mels)
-        else:
-            import torch
-
-            with torch.inference_mode():
-                res = self._torch_encoder()(torch.from_numpy(mels), output_hidden_states=bool(self.stacked))
-            if self.stacked:  # [windows, 1500, 7, dim]: the front end, blocks 1-5 and the final (normed) output
-                out = torch.stack(res.hidden_states, dim=2).numpy()
+                out = np.array(self._ct2_model().encode(ctranslate2.StorageView.from_array(batch), to_cpu=True))
+            elif self.runtime == "onnx":
+                out = self._onnx_encoder()(batch)
             else:
-                out = res.last_hidden_state.numpy()
-        return out, keep
+                import torch
+
+                with torch.inference_mode():
+                    out = encoder_outputs(self._torch_encoder(), torch.from_numpy(batch), bool(self.stacked)).numpy()
+            outs.extend(out)
+        return outs, keep
 
     def torch_module(self):
         """A fresh fine-tunable module (its own copy of the weights)."""
         if self.stacked:
             raise KoemoError(f"{self.name}: fine-tuning takes one layer, not layer={ALL_LAYERS}")
+        if self.window != "30s":
+            raise KoemoError(f"{self.name}: fine-tuning encodes whole 30 s windows; window={self.window!r} is for frozen features")
         enc = load_torch_whisper_encoder(self.model_dir, layers=self.layer)
         enc.train()
         return _torch_module_class()(enc, enc.config.num_mel_bins)

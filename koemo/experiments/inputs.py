@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from koemo.encoders.base import speech_settings
 from koemo.errors import KoemoError
 from koemo.experiments.grid import Job, ModelSpec, Plan, sources_of
 from koemo.sources import TextSource
@@ -62,11 +63,6 @@ def feature_data(job: Job, tests: set[str], inputs: Inputs, recipe=None):
                        copies if spec is not None else ()), spec
 
 
-def speech_layer(recipe, name: str):
-    """``encoders.speech_layer`` applies to the recipe's speech encoder; others give their last layer."""
-    return recipe.encoders.speech_layer if name == recipe.encoders.speech else None
-
-
 def encoder_meta(model: ModelSpec, inputs: Inputs, spec=None) -> dict:
     """Encoder names, ids (version and weights checksum) and dims, for the bundles; ``spec`` the
     speech input's description (:class:`koemo.training.features.SpeechInput`)."""
@@ -99,7 +95,7 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
             ts = TextSource.parse(source)
             log.info("transcripts %s", source)
             report = transcribe_manifest(manifest, ts.backend, ts.noise, ts.snr, ts.seed, recipe.asr.jobs,
-                                         factory=recogniser_factory(recipe.asr, ts.backend), progress=progress)
+                                         factory=recogniser_factory(recipe, ts.backend), progress=progress)
             if len(report.skips):
                 log.warning("%s: %d clips could not be transcribed", source, len(report.skips))
         utts = read_manifest(manifest)
@@ -119,14 +115,14 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
 
     store = store_for(recipe)
     for name in plan.speech_encoders():
-        layer = speech_layer(recipe, name)
-        inputs.speech[name] = _complete(store.speech(name, utts, layer=layer, progress=progress), utts,
+        settings = speech_settings(recipe.encoders, name)
+        inputs.speech[name] = _complete(store.speech(name, utts, progress=progress, **settings), utts,
                                         f"speech features {name}")
-        inputs.encoder_meta["speech"][name] = {**describe("speech", name, layer), "layer": layer}
+        inputs.encoder_meta["speech"][name] = {**describe("speech", name, **settings), "layer": settings["layer"]}
         if recipe.augment.copies and name == recipe.encoders.speech:
             from koemo.training.augment import audio_copies
 
-            inputs.speech_copies[name] = audio_copies(recipe.augment, store, name, utts, layer, progress=progress)
+            inputs.speech_copies[name] = audio_copies(recipe.augment, store, name, utts, progress=progress, **settings)
     for name, sources in sorted(plan.text_needs().items()):
         for s in sorted(sources):
             inputs.text[(name, s)] = _complete(store.text(name, utts, s, progress=progress), utts,
@@ -144,14 +140,14 @@ def _one_pass(plan: Plan, utts: list, progress: bool) -> None:
     recipe = plan.recipe
     if not recipe.asr.shared_pass or distributed.active():
         return
-    from koemo.encoders.one_pass import fill, gives_recipe_features
+    from koemo.encoders.one_pass import fill, gives_recipe_features, recogniser_factory
 
     clean = any(TextSource.parse(s).backend == "whisper-base" and TextSource.parse(s).noise is None
                 for s in plan.all_asr_sources)
     if clean and gives_recipe_features(recipe) and recipe.encoders.speech in plan.speech_encoders():
         from koemo.training.features import store_for
 
-        fill(utts, store_for(recipe), progress=progress)
+        fill(utts, store_for(recipe), factory=recogniser_factory(recipe, "whisper-base"), progress=progress)
 
 
 #: format tag of an inputs pack (:func:`save_inputs`)

@@ -13,7 +13,8 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".mp4", ".ogg", ".oga", ".opu
 
 ModelOpt = typer.Option(
     None, "--model", "-m",
-    help="Model bundle directory (default: the one `make demo` trains, under $KOEMO_CACHE/bundles/default).",
+    help="Model bundle directory, or a named model: default (the one `make demo` trains, under "
+         "$KOEMO_CACHE/bundles/default) or fast (the clip-window recipe emotiontts-fast, bundles/fast).",
 )
 ASROpt = typer.Option(None, "--asr", help="Speech recogniser (default: the one the bundle was made with), e.g. whisper-base.")
 
@@ -63,7 +64,7 @@ def predict(
         files.extend(found)
     if normalise not in NORMALISE_MODES:
         raise KoemoError(f"--normalise {normalise!r}: use one of {', '.join(NORMALISE_MODES)}")
-    rec = Recognizer.from_pretrained(model if model is not None else "default", asr=asr, runtime=runtime,
+    rec = Recognizer.from_pretrained(str(model) if model is not None else "default", asr=asr, runtime=runtime,
                                      segment_over=segment_over, shared_pass=shared_pass)
     skips = SkipLog("files")
     table = None

@@ -116,7 +116,37 @@ def get_asr(name: str):
 
 def default_bundle_dir() -> Path:
     """Where ``make demo`` leaves the trained model bundle that ``predict``/``serve`` use by default."""
-    return cache_root() / "bundles" / "default"
+    return named_bundle_dir("default")
+
+
+#: models known by name (``koemo predict|serve --model NAME``, ``Recognizer.from_pretrained(NAME)``),
+#: each kept in ``$KOEMO_CACHE/bundles/NAME``, and the command that trains it there
+NAMED_MODELS = {
+    "default": "make demo",
+    # the clip-window recipe: a fraction of the latency for ~3 points (docs/encoders.md)
+    "fast": "koemo reproduce -r emotiontts-fast --only 'linear.*cr_asr' && "
+            "koemo train --final -r emotiontts-fast --cv-seeds 5 --out {path}",
+}
+
+
+def named_bundle_dir(name: str) -> Path:
+    """Where the named model ``name`` (:data:`NAMED_MODELS`) lives."""
+    return cache_root() / "bundles" / name
+
+
+def resolve_model(path: str | Path | None) -> tuple[Path, str | None]:
+    """``(bundle directory, its name)`` for ``--model``: None is ``default``; a name of
+    :data:`NAMED_MODELS` that is not a directory here is that model; anything else a path.
+    A named model not trained yet raises with the command that trains it."""
+    key = "default" if path is None else str(path)
+    if key in NAMED_MODELS and (path is None or not Path(key).is_dir()):
+        where = named_bundle_dir(key)
+        if not where.exists():
+            how = NAMED_MODELS[key].format(path=where)
+            raise KoemoError(f"no trained model at {where} (the '{key}' model); train it with: {how}"
+                             + (", or pass --model BUNDLE_DIR" if key == "default" else ""))
+        return where, key
+    return Path(path).expanduser(), None
 
 
 def bundle_asr(meta: dict[str, Any], config: dict[str, Any]) -> str:
@@ -145,18 +175,13 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
     speech encoder is Whisper base's and the recogniser whisper-base, decode the transcript from
     the speech encoder's pass (:mod:`koemo.asr.shared_pass`) instead of encoding twice."""
     from koemo.encoders import get_speech_encoder, get_text_encoder
+    from koemo.encoders.base import speech_settings
 
     if runtime not in RUNTIMES:
         raise KoemoError(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-    explicit = path is not None
-    path = Path(path).expanduser() if explicit else default_bundle_dir()
+    path, _ = resolve_model(path)
     if not path.exists():
-        if explicit:
-            raise KoemoError(f"{path}: model bundle not found")
-        raise KoemoError(
-            f"no trained model at {path} (the default); run `make demo` to train one, "
-            "or pass --model BUNDLE_DIR"
-        )
+        raise KoemoError(f"{path}: model bundle not found")
     if not path.is_dir():
         raise KoemoError(f"{path}: not a model bundle (a bundle is a directory)")
     path = bundles.resolve_bundle(path)
@@ -170,7 +195,7 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
         log.warning("%s: training did not finish; serving the best epoch so far", path)
     enc = config.get("encoders") or {}
     speech_name = enc.get("speech", "whisper-base-encoder")
-    speech = get_speech_encoder(speech_name, layer=enc.get("speech_layer"), **_speech_runtime(speech_name, runtime))
+    speech = get_speech_encoder(speech_name, **speech_settings(enc), **_speech_runtime(speech_name, runtime))
     text = get_text_encoder(enc.get("text", "embeddinggemma-300m"))
     for kind, encoder in (("speech", speech), ("text", text)):
         recorded = (meta.get("encoders") or {}).get(kind)

@@ -29,14 +29,18 @@ from koemo.serving.sessions import NORMALISE_MODES, Session
 PathLike = Union[str, Path]
 
 
-def _default_bundle() -> Path:
-    from koemo.serving.loader import default_bundle_dir
+def _named(name: str) -> Callable[[], Path]:
+    def where() -> Path:
+        from koemo.serving.loader import named_bundle_dir
 
-    return default_bundle_dir()
+        return named_bundle_dir(name)
+
+    return where
 
 
-#: Names :meth:`Recognizer.from_pretrained` knows, each -> where its bundle lives.
-PRETRAINED: dict[str, Callable[[], Path]] = {"default": _default_bundle}
+#: Names :meth:`Recognizer.from_pretrained` knows, each -> where its bundle lives
+#: (:data:`koemo.serving.loader.NAMED_MODELS` says how each is trained)
+PRETRAINED: dict[str, Callable[[], Path]] = {"default": _named("default"), "fast": _named("fast")}
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,8 @@ class Recognizer:
                         runtime: str = "torch", segment_over: float = 15.0,
                         shared_pass: bool = True) -> "Recognizer":
         """Load a model bundle: a name from :data:`PRETRAINED` (``"default"``: the one ``make
-        demo`` trains, ``$KOEMO_CACHE/bundles/default``) or a bundle directory (a ``Path`` is
-        always a directory).
+        demo`` trains, ``$KOEMO_CACHE/bundles/default``; ``"fast"``: the clip-window recipe's,
+        ``emotiontts-fast``) or a bundle directory (a ``Path`` is always a directory).
 
         ``asr``: the speech recogniser (default: the one the bundle was trained for);
         ``runtime``: ``torch``, ``onnx`` or ``onnx-int8`` (the fusion head on onnxruntime, no
@@ -121,16 +125,15 @@ class Recognizer:
 
         key = str(name_or_path)
         if isinstance(name_or_path, str) and key in PRETRAINED:
-            path, explicit = PRETRAINED[key](), key != "default"
+            model: Optional[PathLike] = key  # the loader finds it, or says how to train it
         else:
-            path, explicit = Path(name_or_path).expanduser(), True
-            if isinstance(name_or_path, str) and not path.exists() and "/" not in key and "\\" not in key \
+            model = Path(name_or_path).expanduser()
+            if isinstance(name_or_path, str) and not model.exists() and "/" not in key and "\\" not in key \
                     and not key.startswith("."):
                 raise KoemoError(f"{key}: neither a model bundle directory nor a known model "
                                  f"({', '.join(sorted(PRETRAINED))})")
         limits = Limits(max_duration_s=0, segment_over_s=segment_over)
-        return cls(load_predictor(path if explicit else None, asr=asr, limits=limits, runtime=runtime,
-                                  shared_pass=shared_pass))
+        return cls(load_predictor(model, asr=asr, limits=limits, runtime=runtime, shared_pass=shared_pass))
 
     @property
     def labels(self) -> tuple[str, ...]:

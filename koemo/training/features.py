@@ -10,6 +10,7 @@ import numpy as np
 
 from koemo.config import Recipe
 from koemo.data.manifest import Utterance
+from koemo.encoders.base import speech_settings
 from koemo.encoders.store import store_for
 from koemo.errors import KoemoError
 
@@ -30,23 +31,25 @@ def load_features(
     utts = list(utts)
     store = store_for(recipe)
     enc = recipe.encoders
-    audio = store.speech(enc.speech, utts, extract_missing, layer=enc.speech_layer, progress=progress)
+    settings = speech_settings(enc)
+    audio = store.speech(enc.speech, utts, extract_missing, progress=progress, **settings)
     text = {}
     for source in sources:
         have = [u for u in utts if source == "gold" or source in u.transcripts]
         text[source] = store.text(enc.text, have, source=source, extract_missing=extract_missing,
                                   progress=progress) if have else {}
-    meta = {"speech": {**encoder_meta("speech", enc.speech, enc.speech_layer), "layer": enc.speech_layer},
+    meta = {"speech": {**encoder_meta("speech", enc.speech, **settings), "layer": enc.speech_layer},
             "text": encoder_meta("text", enc.text)}
     return audio, text, meta
 
 
-def encoder_meta(kind: str, name: str, layer: int | None = None, finetuned: bool = False) -> dict:
-    """What a bundle records of an encoder: name, id (version, settings, weights checksum), dim."""
+def encoder_meta(kind: str, name: str, layer: int | None = None, finetuned: bool = False, **options) -> dict:
+    """What a bundle records of an encoder: name, id (version, settings, weights checksum), dim.
+    ``options``: the speech encoder's other settings (:func:`koemo.encoders.base.speech_settings`)."""
     from koemo.encoders import get_speech_encoder, get_text_encoder
 
     if kind == "speech":
-        e = get_speech_encoder(name, layer=layer)
+        e = get_speech_encoder(name, layer=layer, **options)
         return {"name": name, "id": e.id, "dim": e.dim, "finetuned": finetuned}
     e = get_text_encoder(name)
     return {"name": name, "id": e.id, "dim": e.dim, "finetuned": finetuned,

@@ -45,9 +45,10 @@ class EndToEnd(nn.Module):
 def build_end_to_end(recipe, n_labels: int) -> tuple[EndToEnd, dict]:
     """The recipe's encoders as fine-tunable modules + its fusion model, and their ids."""
     from koemo.encoders import get_speech_encoder, get_text_encoder
+    from koemo.encoders.base import speech_settings
     from koemo.fusion import build_from_config
 
-    se = get_speech_encoder(recipe.encoders.speech, layer=recipe.encoders.speech_layer)
+    se = get_speech_encoder(recipe.encoders.speech, **speech_settings(recipe.encoders))
     te = get_text_encoder(recipe.encoders.text)
     speech, text = se.torch_module(), te.torch_module()
     fusion = build_from_config(recipe.model, se.dim, te.dim, n_labels)
@@ -56,10 +57,11 @@ def build_end_to_end(recipe, n_labels: int) -> tuple[EndToEnd, dict]:
 
 def end_to_end_meta(recipe) -> dict:
     """What a bundle records of the fine-tuned encoders (their starting weights' ids)."""
+    from koemo.encoders.base import speech_settings
     from koemo.training.features import encoder_meta
 
     enc = recipe.encoders
-    return {"speech": encoder_meta("speech", enc.speech, enc.speech_layer, finetuned=True),
+    return {"speech": encoder_meta("speech", enc.speech, finetuned=True, **speech_settings(enc)),
             "text": encoder_meta("text", enc.text, finetuned=True)}
 
 

@@ -85,7 +85,7 @@ FINGERPRINT_NEUTRAL = {
     ("train", "text_dropout"): 0.0, ("train", "audio_dropout"): 0.0, ("model", "layer_mix"): "weighted",
     ("model", "pooling"): "mean", ("encoders", "speech_pool"): 1,
     ("augment", None): to_dict(AugmentConfig()), ("train", "stack_folds"): False,
-    ("augment", "mixed_groups"): 0, ("asr", "shared_pass"): False,
+    ("augment", "mixed_groups"): 0, ("asr", "shared_pass"): False, ("encoders", "speech_window"): "30s",
 }
 
 

@@ -170,6 +170,20 @@ def test_zero_length_segments_and_blank_text_are_dropped():
     assert decoder(model).transcribe(["w"], 16000, lambda s: None)[0] == ""
 
 
+def test_segments_past_the_audio_are_dropped_where_the_encoder_saw_only_the_clip():
+    # a 4.4 s clip read twice: 0-4.4 s, then again "at" 5-7 s, past the audio's end (as the
+    # decoder does when it reads a clip + 1 s instead of a padded 30 s window)
+    again = [TS + 0, 0, 1, TS + 220, TS + 250, 0, 1, TS + 350]
+    late = [TS + 0, 0, 1, TS + 200, TS + 210, 2, TS + 215]  # a second segment from 4.2 s
+    model = FakeModel(result(again), result(again), result(late), result(late))
+    clip = WindowDecoder(model, FakeTokenizer(), [], DecodeOptions(after_end_s=0.5))
+    assert clip.transcribe(["w"], int(4.42 * 16000), lambda s: None)[0] == "안녕 하세요"
+    assert decoder(model).transcribe(["w"], int(4.42 * 16000), lambda s: None)[0] == "안녕 하세요 안녕 하세요"
+    # from 4.2 s: no room in a 4.42 s clip (under 0.5 s left), room in a 4.75 s one
+    assert clip.transcribe(["w"], int(4.42 * 16000), lambda s: None)[0] == "안녕 하세요"
+    assert clip.transcribe(["w"], int(4.75 * 16000), lambda s: None)[0] == "안녕 하세요 오늘"
+
+
 def test_an_unfinished_segment_at_the_window_start_cannot_loop_forever():
     model = FakeModel(result([TS + 0, TS + 0, 2]), result([TS + 0, 3, TS + 20]))
     text, _ = decoder(model).transcribe(["w0"], 40 * 16000, lambda s: f"at{s}")
@@ -235,3 +249,16 @@ def test_real_clip_one_pass_gives_the_encoders_frames_and_a_good_transcript(requ
     assert score([utt.text], [text]).cer < 0.3 and set(split) == {"asr", "speech_encoder"}
     assert shared.extra_passes == 0
     assert shared.transcribe(np.zeros(16000, np.float32)) == ""
+
+
+def test_the_shared_pass_drops_segments_past_the_audio_only_over_a_clip_window(require_model):
+    from koemo.asr.shared_pass import AFTER_END_S, SharedWhisper
+    from koemo.encoders import get_speech_encoder
+
+    require_model("whisper-base")
+    padded = SharedWhisper(get_speech_encoder("whisper-base-encoder", layer="all"))
+    clip = SharedWhisper(get_speech_encoder("whisper-base-encoder", layer="all", window="clip"))
+    assert padded.decoder.options.after_end_s is None and clip.decoder.options.after_end_s == AFTER_END_S == 0.5
+    # both decide the transcript, so the transcript cache keeps them apart
+    assert clip.params()["after_end_s"] == 0.5 and clip.params()["shared_pass"] != padded.params()["shared_pass"]
+    assert "after_end_s" not in padded.params()  # transcripts cached before the option existed stay valid

@@ -3,13 +3,15 @@ it leaves alone, with a scripted recogniser; then the real whisper-base on two c
 
 from __future__ import annotations
 
+from types import SimpleNamespace as NS
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from koemo.asr.base import ASRBackend, make_backend
 from koemo.asr.cache import TranscriptCache
-from koemo.config import ASRConfig
+from koemo.config import ASRConfig, EncoderConfig
 from koemo.data.manifest import Utterance
 from koemo.encoders.one_pass import SharedPassBackend, fill, recogniser_factory
 from koemo.encoders.store import FeatureStore
@@ -99,9 +101,14 @@ def test_a_clip_that_cannot_be_read_is_skipped_by_name(setup, tmp_path):
 
 
 def test_the_recipe_switch_applies_to_whisper_base_only():
-    assert recogniser_factory(ASRConfig(shared_pass=True), "whisper-base") is SharedPassBackend
-    assert recogniser_factory(ASRConfig(shared_pass=True), "vosk-ko") is None
-    assert recogniser_factory(ASRConfig(), "whisper-base") is None
+    def recipe(window="30s", **asr):
+        return NS(asr=ASRConfig(**asr), encoders=EncoderConfig(speech_window=window))
+
+    assert recogniser_factory(recipe(shared_pass=True), "whisper-base") is SharedPassBackend
+    assert recogniser_factory(recipe(shared_pass=True), "vosk-ko") is None
+    assert recogniser_factory(recipe(), "whisper-base") is None
+    clip = recogniser_factory(recipe("clip", shared_pass=True), "whisper-base")
+    assert clip.func is SharedPassBackend and clip.keywords == {"window": "clip"}
 
 
 @pytest.mark.slow
@@ -131,16 +138,17 @@ def test_real_one_pass_fills_what_transcribe_and_the_store_then_read(require_mod
 # --- wiring: koemo reproduce and koemo transcribe call the pass when it pays -----------------------
 
 
-def _plan(shared=True, layer="all", speech="whisper-base-encoder", sources=("asr:whisper-base",), models=None):
-    from types import SimpleNamespace as NS
-
-    recipe = NS(asr=NS(shared_pass=shared), encoders=NS(speech=speech, speech_layer=layer), cache_dir=None)
+def _plan(shared=True, layer="all", speech="whisper-base-encoder", sources=("asr:whisper-base",), models=None,
+          window="30s"):
+    recipe = NS(asr=NS(shared_pass=shared), encoders=NS(speech=speech, speech_layer=layer, speech_window=window),
+                cache_dir=None)
     return NS(recipe=recipe, all_asr_sources=list(sources),
               speech_encoders=lambda: [speech] if models is None else models)
 
 
 @pytest.mark.parametrize("plan, runs", [
     (_plan(), True),
+    (_plan(window="clip"), True),
     (_plan(sources=("asr:vosk-ko", "asr:whisper-base@babble-5db", "asr:whisper-base")), True),
     (_plan(shared=False), False),
     (_plan(layer=None), False),  # the last layer alone: another store entry than the pass gives
@@ -154,9 +162,12 @@ def test_reproduce_runs_the_pass_only_where_it_fills_both(monkeypatch, plan, run
     from koemo.experiments.inputs import _one_pass
 
     calls = []
-    monkeypatch.setattr(one_pass, "fill", lambda utts, store, progress=True: calls.append((utts, store)))
+    monkeypatch.setattr(one_pass, "fill", lambda utts, store, factory, progress=True: calls.append((utts, store, factory)))
     _one_pass(plan, ["u"], progress=False)
     assert len(calls) == int(runs) and all(c[0] == ["u"] and isinstance(c[1], FeatureStore) for c in calls)
+    if runs:  # the pass sees the window the recipe's features come from
+        factory = calls[0][2]
+        assert getattr(factory, "keywords", {}).get("window", "30s") == plan.recipe.encoders.speech_window
 
 
 def test_reproduce_leaves_the_pass_to_ray_actors(monkeypatch):

@@ -60,9 +60,50 @@ def test_whisper_layer_choice_and_windows(require_model):
     out = enc.encode(tone(0.5))
     assert out.shape == (25, 512)
     mels, keep = log_mel_windows(np.zeros(31 * 16000, np.float32))  # > 30 s: two windows
-    assert mels.shape == (2, 80, 3000) and keep == [1500, 50]
+    assert [m.shape for m in mels] == [(80, 3000)] * 2 and keep == [1500, 50]
     with pytest.raises(KoemoError, match="last layer only"):
         type(enc)(layer=2, backend="ct2")
+
+
+def test_whisper_clip_window_encodes_the_clip_and_one_second_after(require_model):
+    """``window="clip"``: the same frames kept, from an encoder that saw the clip plus 1 s."""
+    require_model("whisper-base")
+    from koemo.encoders.whisper import log_mel_windows
+
+    audio = tone(31.0)
+    mels, keep = log_mel_windows(audio, window="clip")
+    assert [m.shape for m in mels] == [(80, 3000), (80, 200)] and keep == [1500, 50]  # 1 s + 1 s margin
+    whole, _ = log_mel_windows(audio)
+    np.testing.assert_array_equal(mels[1], whole[1][:, :200])  # the same log-mel, cut
+    assert log_mel_windows(tone(29.5), window="clip")[0][0].shape == (80, 3000)  # never past 30 s
+
+    full = get_speech_encoder("whisper-base-encoder", layer="all")
+    clip = get_speech_encoder("whisper-base-encoder", layer="all", window="clip")
+    assert "mel=30s-window" in full.id and "mel=clip+1s" in clip.id and clip.id.replace("clip+1s", "30s-window") == full.id
+    a, b = full.encode(tone(2.0)), clip.encode(tone(2.0))
+    assert a.shape == b.shape == (100, 7, 512) and not np.allclose(a, b, atol=1e-2)
+    frames, final = clip.encode_windows(tone(2.0))
+    assert [f.shape for f in final] == [(150, 512)]  # what the decoder reads: the clip + 1 s
+    np.testing.assert_allclose(frames[:, -1], final[0][:100], atol=1e-5)
+    for bad, match in [(dict(window="5s"), "window must be 30s or clip, not '5s'"),
+                       (dict(window="clip", backend="ct2"), "CTranslate2 backend encodes whole 30 s windows")]:
+        with pytest.raises(KoemoError, match=match):
+            type(clip)(**bad)
+    with pytest.raises(KoemoError, match="fine-tuning encodes whole 30 s windows"):
+        type(clip)(layer=2, window="clip").torch_module()
+
+
+def test_speech_settings_are_read_from_a_recipe_or_a_bundle_alike():
+    from koemo.config import EncoderConfig
+    from koemo.encoders.base import speech_settings
+
+    section = EncoderConfig(speech_layer="all", speech_window="clip")
+    assert speech_settings(section) == {"layer": "all", "window": "clip"}
+    assert speech_settings({"speech": "whisper-base-encoder", "speech_layer": "all", "speech_window": "clip"}) == \
+        speech_settings(section)
+    assert speech_settings({"speech_layer": 3}) == {"layer": 3}  # a bundle from before windows: 30 s
+    assert speech_settings(EncoderConfig(speech_layer="all")) == {"layer": "all"}  # encoders without windows work
+    assert speech_settings(section, "mfcc") == {"layer": None}  # another encoder than the recipe's: its defaults
 
 
 def test_ct2_model_bin_reader(require_model):
@@ -108,3 +149,8 @@ def test_hf_hub_name_is_never_downloaded(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(KoemoError, match="KOEMO_HF_DOWNLOAD=1"):
         get_speech_encoder("hf-speech:facebook/wav2vec2-base")
+
+
+def test_a_setting_the_encoder_lacks_is_named_as_a_recipe_error():
+    with pytest.raises(KoemoError, match=r"^speech encoder mfcc has no setting window \(its settings: n_mfcc, deltas\)$"):
+        get_speech_encoder("mfcc", window="clip")

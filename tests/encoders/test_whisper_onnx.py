@@ -43,6 +43,31 @@ def test_export_equals_pytorch_for_any_number_of_windows(tmp_path, stacked):
     got, ref = run(mel), _torch(enc, mel, stacked)
     assert got.shape == ref.shape == ((3, 1500, 3, 16) if stacked else (3, 1500, 16))
     assert np.abs(got - ref).max() <= wo.REL_TOLERANCE * np.abs(ref).max()
+    # a clip's own frames (encoders.speech_window: clip): any even number of mel frames up to 3000
+    short = mel[:1, :, :426]
+    got, ref = run(short), _outputs(enc, short, stacked)
+    assert got.shape == ((1, 213, 3, 16) if stacked else (1, 213, 16))
+    assert np.abs(got - ref).max() <= wo.REL_TOLERANCE * np.abs(ref).max()
+
+
+def _outputs(enc, mel, stacked):
+    import torch
+
+    from koemo.encoders.whisper_graph import encoder_outputs
+
+    with torch.inference_mode():
+        return encoder_outputs(enc, torch.from_numpy(mel), stacked).numpy()
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_koemos_encoder_forward_is_transformers_on_a_whole_window_and_reads_shorter_ones(stacked):
+    enc = tiny_encoder(layers=3)
+    mel = np.random.default_rng(2).uniform(-1, 1, (2, 8, 3000)).astype(np.float32)
+    np.testing.assert_array_equal(_outputs(enc, mel, stacked), _torch(enc, mel, stacked))
+    short = _outputs(enc, mel[:, :, :300], stacked)
+    assert short.shape[1] == 150
+    # the first frames see only the clip, not 30 s of padding: other values than the whole window's
+    assert not np.allclose(short, _torch(enc, mel, stacked)[:, :150])
 
 
 def test_an_export_that_differs_from_pytorch_is_refused_and_leaves_nothing(tmp_path, monkeypatch):

@@ -49,9 +49,15 @@ def test_predict_without_a_bundle_says_how_to_make_one(tmp_path, write_wav):
     r = koemo("predict", str(wav), env={"KOEMO_CACHE": str(tmp_path / "empty-cache")})
     assert r.returncode == 2
     assert r.stderr.strip() == (
-        f"error: no trained model at {tmp_path / 'empty-cache' / 'bundles' / 'default'} (the default); "
-        "run `make demo` to train one, or pass --model BUNDLE_DIR"
+        f"error: no trained model at {tmp_path / 'empty-cache' / 'bundles' / 'default'} (the 'default' model); "
+        "train it with: make demo, or pass --model BUNDLE_DIR"
     )
+    # a named model says how to train it, where it will live
+    r = koemo("predict", str(wav), "--model", "fast", env={"KOEMO_CACHE": str(tmp_path / "empty-cache")})
+    fast = tmp_path / "empty-cache" / "bundles" / "fast"
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: no trained model at {fast} (the 'fast' model); train it with: koemo reproduce -r emotiontts-fast "
+        f"--only 'linear.*cr_asr' && koemo train --final -r emotiontts-fast --cv-seeds 5 --out {fast}")
 
 
 def test_predict_missing_file_and_bad_bundle(tmp_path):

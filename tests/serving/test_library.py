@@ -151,7 +151,9 @@ def test_from_pretrained_names_what_it_cannot_find(tmp_path, monkeypatch):
     monkeypatch.setenv("KOEMO_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(KoemoError, match="no trained model at .*bundles/default.*make demo"):
         Recognizer.from_pretrained("default")
-    with pytest.raises(KoemoError, match="nonesuch: neither a model bundle directory nor a known model \\(default\\)"):
+    with pytest.raises(KoemoError, match="no trained model at .*bundles/fast .*koemo train --final -r emotiontts-fast"):
+        Recognizer.from_pretrained("fast")
+    with pytest.raises(KoemoError, match="nonesuch: neither a model bundle directory nor a known model \\(default, fast\\)"):
         Recognizer.from_pretrained("nonesuch")
     with pytest.raises(KoemoError, match="model bundle not found"):
         Recognizer.from_pretrained(tmp_path / "no-bundle")
@@ -215,3 +217,41 @@ def test_readme_python_api_lines_run(trained_bundle, clip, tmp_path, monkeypatch
     assert label in LABELS and len(lines) == 2  # one utterance: a short clip is not cut
     start, end, seg_label = lines[1].split()[:3]
     assert float(start) == 0.0 and float(end) > 2 and seg_label == label
+
+
+def test_a_named_model_is_found_in_the_cache_and_a_directory_of_that_name_wins(tmp_path, monkeypatch):
+    from koemo.serving.loader import named_bundle_dir, resolve_model
+
+    monkeypatch.setenv("KOEMO_CACHE", str(tmp_path / "cache"))
+    named_bundle_dir("fast").mkdir(parents=True)
+    assert resolve_model("fast") == (tmp_path / "cache" / "bundles" / "fast", "fast")
+    named_bundle_dir("default").mkdir()
+    assert resolve_model(None) == (tmp_path / "cache" / "bundles" / "default", "default")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast").mkdir()  # a bundle directory named like a model, given as a relative path
+    assert resolve_model("fast") == (Path("fast"), None)
+    assert resolve_model(tmp_path / "x") == (tmp_path / "x", None)
+
+
+def test_the_bundles_recipe_decides_the_window_the_service_encodes(trained_bundle, tmp_path, caplog):
+    """A bundle trained on clip-window features is served by a clip-window encoder (and the
+    shared pass decodes its shorter output), one trained on 30 s windows by a 30 s one."""
+    import yaml
+
+    from koemo.serving.limits import Limits
+    from koemo.serving.loader import load_predictor
+    from koemo.training.bundle import CONFIG
+
+    clip = tmp_path / "clip"
+    shutil.copytree(trained_bundle, clip)
+    config = yaml.safe_load((clip / CONFIG).read_text(encoding="utf-8"))
+    config["encoders"]["speech_window"] = "clip"
+    (clip / CONFIG).write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    padded = load_predictor(trained_bundle, asr="whisper-base", limits=Limits())
+    short = load_predictor(clip, asr="whisper-base", limits=Limits())
+    ids = [p.describe()["encoders"]["speech"]["id"] for p in (padded, short)]
+    assert "mel=30s-window" in ids[0] and "mel=clip+1s" in ids[1]
+    assert short.joint.__self__.encoder.window == "clip"  # one pass: the decoder reads the clip-window output
+    # the bundle's recorded encoder is the 30 s one: the service says it reads other features
+    assert any("trained with speech encoder" in r.getMessage() and "mel=30s-window" in r.getMessage()
+               for r in caplog.records)
