@@ -48,6 +48,8 @@ def reads_text_means(model) -> bool:
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over time of ``x [B, T, D]`` counting only ``mask [B, T]`` positions."""
+    if x.shape[1] == 1:  # one vector a clip (pooled statistics, a mean text vector): the same values, two passes fewer
+        return x[:, 0] * mask.to(x.dtype)
     m = mask.to(x.dtype).unsqueeze(-1)
     return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 

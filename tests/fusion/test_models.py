@@ -135,3 +135,22 @@ def test_grad_x_activation(name):
         assert (scores[:, 0] == 0).all() and (scores[:, 1] != 0).all()
     else:
         assert (scores != 0).all()
+
+
+@pytest.mark.parametrize("frames", [1, 4])
+def test_masked_mean_counts_only_the_kept_frames_and_a_masked_out_clip_is_zero(frames):
+    import torch
+
+    from koemo.fusion.base import masked_mean
+
+    x = torch.randn(4, frames, 6, requires_grad=True)
+    mask = torch.ones(4, frames, dtype=torch.bool)
+    mask[1] = False  # a blanked modality (modality dropout): no frames
+    mask[2, 1:] = False  # one frame kept
+    got = masked_mean(x, mask)
+    for b in range(4):
+        kept = x[b][mask[b]]
+        want = kept.mean(0) if len(kept) else torch.zeros(6)
+        torch.testing.assert_close(got[b], want, rtol=0, atol=1e-6)
+    got.sum().backward()  # the blanked clip gets no gradient
+    assert torch.equal(x.grad[1], torch.zeros(frames, 6))
