@@ -40,9 +40,10 @@ def _utts():
 
 def _encoder(layer: str, window: str = "30s"):
     from koemo.encoders import get_speech_encoder
+    from koemo.encoders.base import speech_settings
 
-    options = {} if window == "30s" else {"window": window}
-    return get_speech_encoder("whisper-base-encoder", layer=None if layer == "last" else layer, **options)
+    section = {"speech_layer": None if layer == "last" else layer, "speech_window": window}
+    return get_speech_encoder("whisper-base-encoder", **speech_settings(section))
 
 
 def cer(layer: str, limit: int | None, out_dir: Path, window: str = "30s") -> dict:

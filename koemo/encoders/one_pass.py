@@ -25,7 +25,7 @@ import numpy as np
 
 from koemo.asr.base import ASRBackend
 from koemo.data.manifest import Utterance
-from koemo.encoders.base import ALL_LAYERS, DEFAULT_WINDOW
+from koemo.encoders.base import ALL_LAYERS, DEFAULT_WINDOW, speech_settings
 
 log = logging.getLogger("koemo")
 
@@ -44,8 +44,8 @@ class SharedPassBackend(ASRBackend):
         from koemo.asr.shared_pass import SharedWhisper
         from koemo.encoders import get_speech_encoder
 
-        options = {} if window == DEFAULT_WINDOW else {"window": window}
-        self.encoder = get_speech_encoder("whisper-base-encoder", layer=ALL_LAYERS, **options)
+        settings = speech_settings({"speech_layer": ALL_LAYERS, "speech_window": window})
+        self.encoder = get_speech_encoder("whisper-base-encoder", **settings)
         self.shared = SharedWhisper(self.encoder, cpu_threads=cpu_threads)
         self.frames: np.ndarray | None = None
 
@@ -88,8 +88,8 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, factory=
          progress: bool = True) -> FillReport:
     """One shared pass (``backend``, or one ``factory()`` builds when there is work: a
     :class:`SharedPassBackend`, the default one when neither is given) for every utterance
-    (clean audio) whose whisper-base transcript is not cached yet; its transcript goes to the cache and, where the store lacks them, its frames to
-    ``store``. Clips already transcribed are left to the store (encoding alone is cheaper than a
+    (clean audio) whose whisper-base transcript is not cached yet; its transcript goes to the
+    cache and, where the store lacks them, its frames to ``store``. Clips already transcribed are left to the store (encoding alone is cheaper than a
     pass plus decoding). A clip that cannot be read is left out (the ordinary paths report it)."""
     from tqdm import tqdm
 

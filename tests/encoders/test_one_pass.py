@@ -230,3 +230,11 @@ def test_the_audio_hashes_are_kept_once_the_pass_ends(setup, tmp_path):
     fill(utts, store, cache=cache, backend=backend, progress=False)
     memo = json.loads((tmp_path / "features" / "audio-sha256.json").read_text(encoding="utf-8"))
     assert sorted(k.split("|")[0] for k in memo) == sorted(str(Path(u.audio).resolve()) for u in utts)
+
+
+def test_the_pass_of_a_clip_window_recipe_encodes_and_decodes_the_clip_window(require_model):
+    require_model("whisper-base")
+    backend = SharedPassBackend(window="clip")
+    assert backend.encoder.window == "clip" and backend.encoder.stacked == 7
+    assert backend.shared.decoder.options.after_end_s == 0.5  # segments past the audio dropped
+    assert backend.cache_key != SharedPassBackend().cache_key  # its transcripts never mix with the 30 s pass's

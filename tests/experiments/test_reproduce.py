@@ -368,3 +368,19 @@ def test_auto_commentary_states_signed_changes_and_cr_wins():
     assert "changes weighted F1 by -6.0 pt on average" in text and "with CR by -4.0 pt" in text
     assert "CR recovers +2.0 pt on average and beats ASR-trained in 1 of 2 rows" in text
     assert "Leakage, shallow: speaker-sentence 0.6000; speaker +15.0 pt." in text
+
+
+def test_shards_share_the_folds_evenly_and_every_unit_once():
+    from koemo.experiments.runner import shard_units
+
+    # the recipe's grid: 3 jobs x 5 seeds of 25 folds and as many text-neutral units of 1 fold
+    units = [(job, protocol, seed) for job in "abc" for protocol in ("main", "tn") for seed in range(5)]
+    folds = [25 if protocol == "main" else 1 for _, protocol, _ in units]
+    shares = [shard_units(units, folds, i, 2) for i in range(2)]
+    assert sorted(sum(shares, [])) == sorted(units)  # each unit in exactly one shard
+    # 15 units of 25 cannot split evenly: 8 of them and 7 + the 15 small ones (dealing gave 231 / 159)
+    assert [sum(folds[units.index(u)] for u in s) for s in shares] == [200, 190]
+    assert all(s == sorted(s, key=units.index) for s in shares)  # the grid's order kept
+    assert shard_units(units, folds, 1, 2) == shares[1]  # the same share in every process
+    loads = [sum(folds[units.index(u)] for u in shard_units(units, folds, i, 4)) for i in range(4)]
+    assert max(loads) - min(loads) <= 25 and sum(loads) == 390
