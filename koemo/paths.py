@@ -40,6 +40,21 @@ def cache_root(explicit: str | Path | None = None) -> Path:
     return Path.home() / ".cache" / "koemo"
 
 
+#: models known by name (``koemo predict|serve --model NAME``, ``Recognizer.from_pretrained(NAME)``),
+#: each kept in ``$KOEMO_CACHE/bundles/NAME``, and the command that trains it there
+NAMED_MODELS = {
+    "default": "make demo",
+    # the clip-window recipe: a fraction of the latency for ~3 points (docs/encoders.md)
+    "fast": "koemo reproduce -r emotiontts-fast --only 'linear.*cr_asr' && "
+            "koemo train --final -r emotiontts-fast --cv-seeds 5 --out {path}",
+}
+
+
+def named_bundle_dir(name: str) -> Path:
+    """Where the named model ``name`` (:data:`NAMED_MODELS`) lives."""
+    return cache_root() / "bundles" / name
+
+
 def models_dir() -> Path:
     """Installed pretrained models (``koemo models install``); ``$KOEMO_MODELS`` overrides."""
     env = os.environ.get("KOEMO_MODELS")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from koemo.errors import KoemoError
-from koemo.paths import cache_root
+from koemo.paths import NAMED_MODELS, named_bundle_dir
 from koemo.serving.limits import Limits
 from koemo.serving.predictor import Predictor, SpeechStage
 from koemo.sources import TextSource
@@ -117,21 +117,6 @@ def get_asr(name: str):
 def default_bundle_dir() -> Path:
     """Where ``make demo`` leaves the trained model bundle that ``predict``/``serve`` use by default."""
     return named_bundle_dir("default")
-
-
-#: models known by name (``koemo predict|serve --model NAME``, ``Recognizer.from_pretrained(NAME)``),
-#: each kept in ``$KOEMO_CACHE/bundles/NAME``, and the command that trains it there
-NAMED_MODELS = {
-    "default": "make demo",
-    # the clip-window recipe: a fraction of the latency for ~3 points (docs/encoders.md)
-    "fast": "koemo reproduce -r emotiontts-fast --only 'linear.*cr_asr' && "
-            "koemo train --final -r emotiontts-fast --cv-seeds 5 --out {path}",
-}
-
-
-def named_bundle_dir(name: str) -> Path:
-    """Where the named model ``name`` (:data:`NAMED_MODELS`) lives."""
-    return cache_root() / "bundles" / name
 
 
 def resolve_model(path: str | Path | None) -> tuple[Path, str | None]:

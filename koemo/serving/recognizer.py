@@ -17,30 +17,23 @@ directory, ``clip`` a recording; ``"default"`` is the model ``make demo`` trains
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
 from koemo.errors import BadInputError, KoemoError
+from koemo.paths import NAMED_MODELS, named_bundle_dir
 from koemo.serving.limits import Limits
 from koemo.serving.sessions import NORMALISE_MODES, Session
 
 PathLike = Union[str, Path]
 
 
-def _named(name: str) -> Callable[[], Path]:
-    def where() -> Path:
-        from koemo.serving.loader import named_bundle_dir
-
-        return named_bundle_dir(name)
-
-    return where
-
-
 #: Names :meth:`Recognizer.from_pretrained` knows, each -> where its bundle lives
-#: (:data:`koemo.serving.loader.NAMED_MODELS` says how each is trained)
-PRETRAINED: dict[str, Callable[[], Path]] = {"default": _named("default"), "fast": _named("fast")}
+#: (:data:`koemo.paths.NAMED_MODELS` owns the names and says how each is trained)
+PRETRAINED: dict[str, Callable[[], Path]] = {name: partial(named_bundle_dir, name) for name in NAMED_MODELS}
 
 
 @dataclass(frozen=True)

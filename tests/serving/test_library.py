@@ -220,7 +220,8 @@ def test_readme_python_api_lines_run(trained_bundle, clip, tmp_path, monkeypatch
 
 
 def test_a_named_model_is_found_in_the_cache_and_a_directory_of_that_name_wins(tmp_path, monkeypatch):
-    from koemo.serving.loader import named_bundle_dir, resolve_model
+    from koemo.paths import named_bundle_dir
+    from koemo.serving.loader import resolve_model
 
     monkeypatch.setenv("KOEMO_CACHE", str(tmp_path / "cache"))
     named_bundle_dir("fast").mkdir(parents=True)
