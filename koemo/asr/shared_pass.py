@@ -183,6 +183,7 @@ class WindowDecoder:
     def transcribe(self, windows: Sequence[Any], n_samples: int, encode_at: Callable[[int], Any]) -> tuple[str, int]:
         """The transcript and the number of extra encoder passes it took."""
         content_frames = n_samples // HOP  # faster-whisper pads 160 samples, then drops one frame
+        audio_end = content_frames * HOP / SAMPLE_RATE
         prompt = list(self.tokenizer.sot_sequence)
         texts, seek, extra = [], 0, 0
         while seek < content_frames:
@@ -200,7 +201,6 @@ class WindowDecoder:
                                                  seek * HOP / SAMPLE_RATE, segment_size, seek)
             # an unfinished segment right at the window start would decode the same window forever
             seek = next_seek if next_seek > seek else seek + segment_size
-            audio_end = content_frames * HOP / SAMPLE_RATE
             for start, end, tokens in segments:
                 if self.options.after_end_s is not None and start >= audio_end - self.options.after_end_s:
                     continue  # a segment the audio has no room for: the decoder read the clip again

@@ -94,7 +94,6 @@ def transcribe_utterances(
     seed: int = 0,
     jobs: int = 1,
     cache: TranscriptCache | None = None,
-    backend_options: dict | None = None,
     progress: bool = True,
     only: set[str] | None = None,
     factory: Callable[[], ASRBackend] | None = None,
@@ -104,12 +103,12 @@ def transcribe_utterances(
     ``only`` restricts the work to those ids while all of ``utts`` still form the babble pool, so
     a subset's transcripts are the very ones (same cache entries) a full run produces.
     ``factory`` (picklable, for worker processes and Ray actors) builds the recogniser instead
-    of ``make_backend(backend, **backend_options)``: a layer above supplies one that needs its
+    of ``make_backend(backend)``: a layer above supplies one that needs its
     parts (``koemo.encoders.one_pass.SharedPassBackend``); ``backend`` still names the column.
     """
     from tqdm import tqdm
 
-    build = factory or partial(make_backend, backend, **(backend_options or {}))
+    build = factory or partial(make_backend, backend)
     condition = noise_condition(noise, snr, seed)
     report = TranscribeReport(source=text_source(backend, noise, snr, seed))
     recogniser = build()  # fails fast: unknown name, model not installed
@@ -226,7 +225,6 @@ def transcribe_manifest(
     snr: float | None = None,
     seed: int = 0,
     jobs: int = 1,
-    backend_options: dict | None = None,
     progress: bool = True,
     sample: int | None = None,
     factory: Callable[[], ASRBackend] | None = None,
@@ -235,7 +233,7 @@ def transcribe_manifest(
     in the babble pool) and write the column back into it."""
     utts = read_manifest(manifest)
     only = evenly_spaced(utts, sample) if sample else None
-    report = transcribe_utterances(utts, backend, noise, snr, seed, jobs, backend_options=backend_options,
+    report = transcribe_utterances(utts, backend, noise, snr, seed, jobs,
                                    progress=progress, only=only, factory=factory)
     store_transcripts(manifest, report.source, report.texts, scope=only)
     report.manifest = manifest

@@ -49,13 +49,11 @@ def get_speech_encoder(name: str, layer: int | None = None, **options) -> Speech
     key = _key("speech", name, layer, options)
     if key not in _INSTANCES:
         if name.startswith("hf-speech:"):
-            cls = SPEECH_ENCODERS.get("hf-speech")
-            _check_options(name, cls, options)
-            _INSTANCES[key] = cls(name[len("hf-speech:"):], layer=layer, **options)
+            cls, args = SPEECH_ENCODERS.get("hf-speech"), (name[len("hf-speech:"):],)
         else:
-            cls = SPEECH_ENCODERS.get(name)
-            _check_options(name, cls, options)
-            _INSTANCES[key] = cls(layer=layer, **options)
+            cls, args = SPEECH_ENCODERS.get(name), ()
+        _check_options(name, cls, options)
+        _INSTANCES[key] = cls(*args, layer=layer, **options)
     return _INSTANCES[key]  # type: ignore[return-value]
 
 

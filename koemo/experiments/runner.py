@@ -67,8 +67,8 @@ def shard_units(units: list, folds: list[int], i: int, n: int) -> list:
     largest units first, each to the shard with the fewest folds so far (ties: the lowest shard),
     so that every process ends at about the same time (dealing every n-th unit gave one shard of
     the recipe's grid 231 folds, the other 159; now 200 and 190: the main protocol's units have
-    25 folds, the text-neutral ones 1). Deterministic, so the n processes agree without talking; the share keeps
-    the units' order (one job's tables at a time)."""
+    25 folds, the text-neutral ones 1). Deterministic, so the n processes agree without talking;
+    the share keeps the units' order (one job's tables at a time)."""
     load, owner = [0] * n, {}
     for k in sorted(range(len(units)), key=lambda k: (-folds[k], k)):
         s = min(range(n), key=lambda s: (load[s], s))
