@@ -81,6 +81,9 @@ class EncoderConfig:
     # Frames averaged into one before a sequence head reads them, in training and in service
     # (16 = 320 ms for Whisper); 1 = every frame. Pooled heads read clip statistics instead.
     speech_pool: int = 1
+    # true: each clip's prosodic functionals (pitch, loudness, voice quality, spectral balance,
+    # rhythm; koemo.encoders.prosody) appended to the speech encoder's frames as one more layer
+    prosody: bool = False
 
 
 @dataclass

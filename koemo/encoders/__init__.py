@@ -2,7 +2,7 @@
 
     from koemo.encoders import get_speech_encoder, get_text_encoder, FeatureStore
 
-Names: speech ``mfcc``, ``whisper-base-encoder``, ``hf-speech:<dir-or-hub-name>``; text
+Names: speech ``mfcc``, ``prosody`` (clip functionals), ``whisper-base-encoder``, ``hf-speech:<dir-or-hub-name>``; text
 ``embeddinggemma-300m``, ``e5-small``, ``fasttext-ko``, ``hf-text:<dir-or-hub-name>``.
 Encoders are built once per (name, settings) and load their weights lazily on first use.
 """
@@ -10,7 +10,7 @@ Encoders are built once per (name, settings) and load their weights lazily on fi
 from __future__ import annotations
 
 from koemo.encoders.base import SPEECH_ENCODERS, TEXT_ENCODERS, SpeechEncoder, TextEncoder
-from koemo.encoders import mfcc, whisper, hf, e5, fasttext  # noqa: E402,F401  (register)
+from koemo.encoders import mfcc, prosody, whisper, hf, e5, fasttext  # noqa: E402,F401  (register)
 
 __all__ = [
     "SPEECH_ENCODERS", "TEXT_ENCODERS", "SpeechEncoder", "TextEncoder", "FeatureStore",

@@ -216,6 +216,11 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
         speech_stage=stage, temperature=temperature, classify=classify,
     )
     predictor.joint = shared.joint if shared is not None else None
+    if enc.get("prosody"):
+        from koemo.encoders.prosody import prosody_stage
+
+        predictor.speech_encoder, predictor.joint = prosody_stage(predictor.speech_encoder, predictor.joint)
+    predictor.info["prosody"] = bool(enc.get("prosody"))
     return predictor
 
 

@@ -33,12 +33,17 @@ def load_features(
     enc = recipe.encoders
     settings = speech_settings(enc)
     audio = store.speech(enc.speech, utts, extract_missing, progress=progress, **settings)
+    if enc.prosody:
+        from koemo.encoders.prosody import add_prosody
+
+        audio = add_prosody(store, audio, utts, progress=progress)
     text = {}
     for source in sources:
         have = [u for u in utts if source == "gold" or source in u.transcripts]
         text[source] = store.text(enc.text, have, source=source, extract_missing=extract_missing,
                                   progress=progress) if have else {}
-    meta = {"speech": {**encoder_meta("speech", enc.speech, **settings), "layer": enc.speech_layer},
+    meta = {"speech": {**encoder_meta("speech", enc.speech, **settings), "layer": enc.speech_layer,
+                       **({"prosody": True} if enc.prosody else {})},
             "text": encoder_meta("text", enc.text)}
     return audio, text, meta
 

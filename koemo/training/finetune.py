@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from koemo.data.manifest import Utterance
+from koemo.errors import KoemoError
 from koemo.fusion import FusionModel
 
 
@@ -48,6 +49,9 @@ def build_end_to_end(recipe, n_labels: int) -> tuple[EndToEnd, dict]:
     from koemo.encoders.base import speech_settings
     from koemo.fusion import build_from_config
 
+    if recipe.encoders.prosody:
+        raise KoemoError("encoders.prosody reads frozen features; it cannot be fine-tuned end to end "
+                         "(set encoders.finetune: false or encoders.prosody: false)")
     se = get_speech_encoder(recipe.encoders.speech, **speech_settings(recipe.encoders))
     te = get_text_encoder(recipe.encoders.text)
     speech, text = se.torch_module(), te.torch_module()

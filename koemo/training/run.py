@@ -187,7 +187,7 @@ def training_inputs(recipe: Recipe, utts, manifest: Path | str = "manifest", pro
 
     audio, text, encoders = load_features(recipe, utts, sources, progress=progress)
     copies = audio_copies(recipe.augment, store_for(recipe), recipe.encoders.speech, utts,
-                          progress=progress, **speech_settings(recipe.encoders))
+                          progress=progress, prosody=recipe.encoders.prosody, **speech_settings(recipe.encoders))
     audio, copies, spec = speech_input(recipe, audio, utts, copies)
     encoders["speech"]["input"] = spec.meta()
     return TrainingInputs(FeatureData(audio, text, label_of, labels, copies), encoders, spec.arrays())

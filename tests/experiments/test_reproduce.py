@@ -384,3 +384,26 @@ def test_shards_share_the_folds_evenly_and_every_unit_once():
     assert shard_units(units, folds, 1, 2) == shares[1]  # the same share in every process
     loads = [sum(folds[units.index(u)] for u in shard_units(units, folds, i, 4)) for i in range(4)]
     assert max(loads) - min(loads) <= 25 and sum(loads) == 390
+
+
+def test_the_grid_inputs_carry_the_functionals_with_encoders_prosody(tiny_recipe):
+    """``koemo reproduce`` reads its features through its own loader: the switch must reach it
+    (and the augmented copies, re-encoded by their transform, get their own functionals)."""
+    import dataclasses
+
+    from koemo.encoders.prosody import FEATURES
+    from koemo.experiments.grid import make_plan
+    from koemo.experiments.inputs import prepare_inputs
+
+    plain, _ = prepare_inputs(make_plan(tiny_recipe), progress=False)
+    enc = dataclasses.replace(tiny_recipe.encoders, prosody=True)
+    augment = dataclasses.replace(tiny_recipe.augment, copies=1, volume_db=[-6.0, -6.0])
+    inputs, _ = prepare_inputs(make_plan(dataclasses.replace(tiny_recipe, encoders=enc, augment=augment)), progress=False)
+    u = next(iter(plain.speech["band-energy"]))
+    before, after = plain.speech["band-energy"][u], inputs.speech["band-energy"][u]
+    assert after.shape == (before.shape[0], before.shape[1] + len(FEATURES))
+    assert inputs.encoder_meta["speech"]["band-energy"]["prosody"] is True
+    (copy,) = inputs.speech_copies["band-energy"]
+    level = FEATURES.index("level_mean")
+    # the copy is 6 dB quieter, and its functionals say so
+    assert float(after[0, before.shape[1] + level]) - float(copy[u][0, before.shape[1] + level]) == pytest.approx(6.0, abs=0.1)

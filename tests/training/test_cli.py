@@ -84,3 +84,24 @@ def test_koemo_train_names_the_utterance_without_asr_text(dataset, tiny_bert, tm
     assert res.exit_code != 0
     msg = str(res.exception)
     assert rows[5]["id"] in msg and "koemo transcribe --backend fake" in msg and "\n" not in msg
+
+
+def test_koemo_train_with_prosody_appends_the_functionals_to_the_speech_input(dataset, tiny_bert, tmp_path):
+    import numpy as np
+
+    from koemo.encoders.prosody import FEATURES
+    from koemo.training.bundle import load_bundle
+
+    csv_path, _ = dataset
+    res = CliRunner().invoke(app, args(csv_path, tiny_bert, tmp_path / "run", "--fusion", "linear", "--fold", "1",
+                                       "--epochs", "1", "--set", "encoders.prosody=true", "--set", "model.standardise=true"))
+    assert res.exit_code == 0, res.output
+    (bundle,) = [p for p in (tmp_path / "run").iterdir() if p.is_dir()]
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["encoders"]["speech"]["prosody"] is True
+    model = load_bundle(bundle).model
+    mean = next(v for k, v in model.state_dict().items() if k.endswith("audio_mean"))
+    d = 120 + len(FEATURES)  # mfcc's 120 dims, then the functionals
+    assert mean.shape[-1] == 2 * d  # the linear head reads mean and deviation over time
+    assert np.abs(mean[..., 120:d].numpy()).sum() > 0  # the functionals reached the head's input
+    assert np.abs(mean[..., d + 120:].numpy()).max() < 1e-6  # the same at every frame: no deviation
