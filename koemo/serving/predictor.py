@@ -20,7 +20,7 @@ from koemo.data.audio import SAMPLE_RATE
 from koemo.errors import BadInputError, KoemoError
 from koemo.fusion.inputs import Moments, Normaliser, view
 from koemo.serving.limits import Limits
-from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans
+from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans, trimmed_span
 from koemo.serving.sessions import NORMALISE_MODES, Session
 
 STAGES = ("asr", "speech_encoder", "text_encoder", "fusion")
@@ -165,7 +165,7 @@ class Predictor:
             if not spans:
                 raise BadInputError(name, f"no speech found in {duration:.1f} s of audio")
             return spans
-        return [Span(0.0, round(duration, 3))]
+        return [trimmed_span(audio, self.segment_config)]
 
     def _encode_utterance(self, audio: np.ndarray, timings: dict[str, float]):
         """(transcript, speech frames, text features) of one utterance."""

@@ -37,6 +37,10 @@ class SegmentConfig:
     pad_ms: int = 100  # padding kept either side of each utterance
     max_segment_s: float = 12.0  # longer speech is split (at the longest pause if there is one)
     merge_gap_s: float = 0.8  # utterances closer than this are merged (within max_segment_s; 0 = never)
+    # A recording short enough to stay whole is cut to its speech plus this margin (s): the 10 ms
+    # frames within trim_range_db of its loudest one (trimmed_span); None keeps it whole.
+    trim_margin_s: float | None = 0.1
+    trim_range_db: float = 40.0
 
 
 _lock = threading.Lock()
@@ -103,6 +107,38 @@ def speech_spans(audio: np.ndarray, config: SegmentConfig = SegmentConfig()) -> 
                 merged.append(span)
         spans = merged
     return [Span(round(s.start, 3), round(s.end, 3)) for s in spans]
+
+
+def with_trim(config: SegmentConfig, margin_s: float | None) -> SegmentConfig:
+    """``config`` with ``trim_margin_s`` set from a command-line margin: negative or None keeps
+    short recordings whole."""
+    import dataclasses
+
+    return dataclasses.replace(config, trim_margin_s=None if margin_s is None or margin_s < 0 else float(margin_s))
+
+
+def trimmed_span(audio: np.ndarray, config: SegmentConfig = SegmentConfig()) -> Span:
+    """The span of a recording's speech plus ``config.trim_margin_s`` either side: from the first
+    to the last 10 ms frame within ``config.trim_range_db`` of the loudest frame.
+
+    Why: the pooled heads read the mean and spread of every frame, and silence is frames too. A
+    lone clip padded with 2 s of silence either side scored 0.26 instead of 0.57 (text-neutral
+    protocol, docs/voice.md, "Silence at the edges"); cut to its speech it scores the same
+    whatever margins the corpus it came from left. Level-relative, so a quiet recording is cut
+    like a loud one; a recording without a quiet edge (noise, music) stays whole."""
+    whole = Span(0.0, round(len(audio) / SAMPLE_RATE, 3))
+    hop = SAMPLE_RATE // 100
+    if config.trim_margin_s is None or len(audio) < 2 * hop:
+        return whole
+    n = len(audio) // hop
+    power = np.mean(np.square(audio[: n * hop].reshape(n, hop), dtype=np.float64), axis=1)
+    level = 10.0 * np.log10(power + 1e-20)
+    loud = np.flatnonzero(level > level.max() - config.trim_range_db)
+    start = max(0.0, loud[0] * hop / SAMPLE_RATE - config.trim_margin_s)
+    end = min(whole.end, (loud[-1] + 1) * hop / SAMPLE_RATE + config.trim_margin_s)
+    if n * hop < len(audio) and loud[-1] == n - 1:  # the samples after the last whole frame
+        end = whole.end
+    return Span(round(start, 3), round(end, 3))
 
 
 def cut(audio: np.ndarray, span: Span) -> np.ndarray:

@@ -38,7 +38,7 @@ def test_predict_directory_json_lines_on_real_clips(trained_bundle, serving_utts
         assert row["label"] in LABELS
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
         assert row["transcript"]
-        assert row["segments"][0]["start"] == 0.0
+        assert 0.0 < row["segments"][0]["start"] < 1.0  # cut to the speech (trimmed_span)
     assert f"{folder / 'broken.wav'}: not readable as audio" in r.stderr
     assert "2 files kept, 1 skipped" in r.stderr
     assert "Traceback" not in r.stderr

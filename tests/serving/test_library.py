@@ -214,9 +214,9 @@ def test_readme_python_api_lines_run(trained_bundle, clip, tmp_path, monkeypatch
     exec(compile(block, "README.md", "exec"), {})
     lines = capsys.readouterr().out.strip().splitlines()
     label = lines[0].split()[0]
-    assert label in LABELS and len(lines) == 2  # one utterance: a short clip is not cut
+    assert label in LABELS and len(lines) == 2  # one utterance: a short clip is not cut up
     start, end, seg_label = lines[1].split()[:3]
-    assert float(start) == 0.0 and float(end) > 2 and seg_label == label
+    assert 0.0 < float(start) < 1.0 and float(end) > 2 and seg_label == label  # cut to its speech
 
 
 def test_a_named_model_is_found_in_the_cache_and_a_directory_of_that_name_wins(tmp_path, monkeypatch):
@@ -256,3 +256,25 @@ def test_the_bundles_recipe_decides_the_window_the_service_encodes(trained_bundl
     # the bundle's recorded encoder is the 30 s one: the service says it reads other features
     assert any("trained with speech encoder" in r.getMessage() and "mel=30s-window" in r.getMessage()
                for r in caplog.records)
+
+
+def test_the_trim_margin_reaches_the_predictor_from_the_library_and_the_command_line(trained_bundle, clip, monkeypatch):
+    kept = Recognizer.from_pretrained(trained_bundle, trim_margin=-1)
+    assert kept.predictor.segment_config.trim_margin_s is None
+    result = kept.predict_file(str(clip))
+    assert result.segments[0].start == 0.0  # kept whole
+    assert Recognizer.from_pretrained(trained_bundle).predictor.segment_config.trim_margin_s == 0.1
+    from typer.testing import CliRunner
+
+    from koemo.cli import app
+    from koemo.serving import recognizer
+
+    seen = {}
+
+    def fake(name, **kw):
+        seen.update(kw)
+        raise KoemoError("stop here")
+
+    monkeypatch.setattr(recognizer.Recognizer, "from_pretrained", staticmethod(fake))
+    CliRunner().invoke(app, ["predict", str(clip), "--trim-margin", "0.25"])
+    assert seen["trim_margin"] == 0.25

@@ -10,6 +10,7 @@ from koemo.errors import KoemoError
 from koemo.fusion.inputs import Moments, Normaliser
 from koemo.serving.limits import Limits
 from koemo.serving.predictor import Predictor, SpeechStage
+from koemo.serving.segment import Span
 from koemo.serving.sessions import Session, Sessions
 from tests.serving.conftest import wav_bytes
 
@@ -107,3 +108,30 @@ def test_the_service_keeps_a_session_per_id():
         assert bad.status_code == 422 and "session id" in bad.json()["problem"]
         odd = client.post("/v1/predict?normalise=voice", content=wav_bytes(level(0.2)), headers={"content-type": "audio/wav"})
         assert odd.status_code == 422
+
+
+def test_a_short_recording_is_cut_to_its_speech_before_the_encoders():
+    """Silence at the edges is frames too: a clip with 2 s of silence either side must give the
+    encoders what the clip alone gives (plus the margin), at any level."""
+    from koemo.serving.segment import SegmentConfig, trimmed_span
+
+    rng = np.random.default_rng(0)
+    speech = (0.3 * np.sin(2 * np.pi * 180 * np.arange(16000) / 16000)).astype(np.float32)
+    floor = lambda n: rng.normal(0, 1e-4, n).astype(np.float32)  # noqa: E731
+    padded = np.concatenate([floor(32000), speech, floor(32000)])
+    span = trimmed_span(padded)
+    assert (span.start, span.end) == (1.9, 3.1)  # 2 s of silence, 1 s of speech, 0.1 s margins
+    assert trimmed_span(padded * 0.01) == span  # level-relative
+    tight = trimmed_span(padded, SegmentConfig(trim_margin_s=0.0))
+    assert (tight.start, tight.end) == (2.0, 3.0)
+    whole = trimmed_span(padded, SegmentConfig(trim_margin_s=None))
+    assert (whole.start, whole.end) == (0.0, 5.0)
+    noise = rng.normal(0, 0.1, 16000).astype(np.float32)  # no quiet edge: kept whole
+    assert trimmed_span(noise) == Span(0.0, 1.0)
+    assert trimmed_span(np.zeros(100, np.float32)) == Span(0.0, 0.006)  # under two frames: whole
+    p, rec = make_predictor()
+    seen = []
+    p.speech_encoder = lambda a: seen.append(len(a)) or a[: len(a) // 10 * 10].reshape(-1, 10)
+    out = p.predict(padded, normalise="none")
+    assert seen == [int(1.2 * 16000)] and out["segments"][0]["start"] == 1.9
+    assert out["duration"] == 5.0
