@@ -1,0 +1,110 @@
+"""Silence at the edges of a clip: what it does to the shipped model, and what the service's cut does.
+
+    python benchmarks/edge_silence.py                  # the table in docs/voice.md
+    python benchmarks/edge_silence.py --seeds 5 --json out.json
+
+Corpora differ in how much silence they leave around an utterance (EmotionTTS: ~0.42 s before,
+~0.54 s after, very regular); the pooled heads read the mean and spread of every frame, silence
+included. This re-scores the recipe's text-neutral fold bundles (one per seed) on their 100 test
+clips re-encoded with their edges changed:
+
+- ``as recorded``: the protocol's clips;
+- ``+2 s silence``: 2 s of near-silence (a -80 dBFS noise floor) added before and after;
+- ``cut tight``: the silence before and after removed (:func:`koemo.serving.segment.trimmed_span`
+  with no margin);
+
+each as the training features (``as is``) and as the service encodes a short recording (``cut``:
+the span of :func:`~koemo.serving.segment.trimmed_span` with its default 0.1 s margin). Three
+test-time groupings (``speaker``, the whole test set as one folder, each clip alone with the
+corpus statistics). Text: the clean service transcript. Weighted F1, mean ± sd over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SR = 16000
+EDGES = ("as recorded", "+2 s silence", "cut tight")
+MODES = ("speaker", "test set", "clip + corpus")
+
+
+@dataclass(frozen=True)
+class Edges:
+    """A test-time transform as the feature store takes it (``key`` names its entries)."""
+
+    edge: str
+    service_cut: bool
+
+    @property
+    def key(self) -> str:
+        return f"edges|{self.edge}|cut={int(self.service_cut)}|v1"
+
+    def __call__(self, utt, audio: np.ndarray) -> np.ndarray:
+        from koemo.serving.segment import SegmentConfig, cut, trimmed_span
+
+        x = np.asarray(audio, dtype=np.float32)
+        if self.edge == "+2 s silence":
+            rng = np.random.default_rng(0)
+            floor = rng.normal(0, 1e-4, (2, 2 * SR)).astype(np.float32)
+            x = np.concatenate([floor[0], x, floor[1]])
+        elif self.edge == "cut tight":
+            x = cut(x, trimmed_span(x, SegmentConfig(trim_margin_s=0.0)))
+        if self.service_cut:
+            x = cut(x, trimmed_span(x))
+        return x
+
+
+def main() -> None:
+    from textneutral import arguments, fold_bundles, weighted_f1
+
+    args = arguments(__doc__)
+    import dataclasses
+
+    from koemo.cliutil import recipe_from
+    from koemo.data.prepare import load_or_prepare
+    from koemo.encoders.base import speech_settings
+    from koemo.training import bundle as bundles
+    from koemo.training.features import load_features, speech_input, store_for
+
+    recipe = recipe_from(args.recipe, args.set)
+    source = recipe.eval.text
+    _, utts = load_or_prepare(recipe, None)
+    frames, _, _ = load_features(recipe, utts, [], progress=False)
+    store = store_for(recipe)
+    settings = speech_settings(recipe.encoders)
+    found = fold_bundles(recipe, args.recipe, args.seeds)
+    models = [bundles.load_bundle(where) for where in found]
+    test_ids = frozenset(p.id for p in bundles.read_predictions(found[0], source) or [])
+    test = [u for u in utts if u.id in test_ids]
+    _, text, _ = load_features(recipe, test, [source], progress=False)
+    group_of = {"speaker": lambda u: u.speaker, "test set": lambda u: "<test set>", "clip + corpus": lambda u: u.id}
+    scores: dict[str, dict[str, list[float]]] = {}
+    for edge in EDGES:
+        for service_cut in (False, True):
+            row = f"{edge}, {'cut' if service_cut else 'as is'}"
+            shifted = dict(frames)
+            if edge != "as recorded" or service_cut:
+                shifted.update(store.speech(recipe.encoders.speech, test, **settings,
+                                            transform=Edges(edge, service_cut), progress=False))
+            scores[row] = {m: [] for m in MODES}
+            for mode in MODES:
+                regrouped = [dataclasses.replace(u, speaker=group_of[mode](u)) if u.id in test_ids else u for u in utts]
+                view = speech_input(recipe, shifted, regrouped)[0]
+                scores[row][mode] = [weighted_f1(b, view, text, test, source) for b in models]
+            print(f"{row}: " + ", ".join(f"{m} {np.mean(scores[row][m]):.3f}" for m in MODES), flush=True)
+    print(f"\n| edges of the test clips | {' | '.join(MODES)} |\n|---|" + "---:|" * len(MODES))
+    for row, by_mode in scores.items():  # mean ± sample sd over seeds, as the report
+        print(f"| {row} | " + " | ".join(f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" for v in by_mode.values()) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
