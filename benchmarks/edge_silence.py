@@ -2,6 +2,7 @@
 
     python benchmarks/edge_silence.py                  # the table in docs/voice.md
     python benchmarks/edge_silence.py --seeds 5 --json out.json
+    python benchmarks/edge_silence.py --margin 0.25     # the service's cut with another margin
 
 Corpora differ in how much silence they leave around an utterance (EmotionTTS: ~0.42 s before,
 ~0.54 s after, very regular); the pooled heads read the mean and spread of every frame, silence
@@ -41,10 +42,12 @@ class Edges:
 
     edge: str
     service_cut: bool
+    margin: float = 0.1
 
     @property
     def key(self) -> str:
-        return f"edges|{self.edge}|cut={int(self.service_cut)}|v1"
+        margin = f"|margin={self.margin:g}" if self.service_cut and self.margin != 0.1 else ""
+        return f"edges|{self.edge}|cut={int(self.service_cut)}{margin}|v1"
 
     def __call__(self, utt, audio: np.ndarray) -> np.ndarray:
         from koemo.serving.segment import SegmentConfig, cut, trimmed_span
@@ -57,14 +60,17 @@ class Edges:
         elif self.edge == "cut tight":
             x = cut(x, trimmed_span(x, SegmentConfig(trim_margin_s=0.0)))
         if self.service_cut:
-            x = cut(x, trimmed_span(x))
+            x = cut(x, trimmed_span(x, SegmentConfig(trim_margin_s=self.margin)))
         return x
 
 
 def main() -> None:
     from textneutral import arguments, fold_bundles, weighted_f1
 
-    args = arguments(__doc__)
+    from koemo.serving.segment import SegmentConfig
+
+    args = arguments(__doc__, {"--margin": {"type": float, "default": SegmentConfig().trim_margin_s,
+                                            "help": "the service cut's margin (s)"}})
     import dataclasses
 
     from koemo.cliutil import recipe_from
@@ -92,7 +98,7 @@ def main() -> None:
             shifted = dict(frames)
             if edge != "as recorded" or service_cut:
                 shifted.update(store.speech(recipe.encoders.speech, test, **settings,
-                                            transform=Edges(edge, service_cut), progress=False))
+                                            transform=Edges(edge, service_cut, args.margin), progress=False))
             scores[row] = {m: [] for m in MODES}
             for mode in MODES:
                 regrouped = [dataclasses.replace(u, speaker=group_of[mode](u)) if u.id in test_ids else u for u in utts]

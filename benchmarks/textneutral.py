@@ -11,8 +11,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def arguments(doc: str) -> argparse.Namespace:
+def arguments(doc: str, extra: dict | None = None) -> argparse.Namespace:
+    """The shared options, plus ``extra`` (``{flag: argparse keywords}``) of one benchmark."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for flag, kwargs in (extra or {}).items():
+        ap.add_argument(flag, **kwargs)
     ap.add_argument("--recipe", default="emotiontts")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--set", action="append", default=[], help="a recipe override, as koemo's --set")

@@ -203,11 +203,11 @@ def with_prosody(frames: np.ndarray, vector: np.ndarray) -> np.ndarray:
 
 
 def add_prosody(store, frames: Mapping[str, np.ndarray], utts: Sequence, *, transform=None,
-                progress: bool = True) -> dict[str, np.ndarray]:
+                progress: bool = True, extract_missing: bool = True) -> dict[str, np.ndarray]:
     """``frames`` (``{utt id: frames}``) with each clip's functionals (:func:`with_prosody`),
     read from the feature store (extracted into it on first use, of the same ``transform``)."""
-    vectors = store.speech(Prosody.name, [u for u in utts if u.id in frames], progress=progress,
-                           transform=transform)
+    vectors = store.speech(Prosody.name, [u for u in utts if u.id in frames], extract_missing,
+                           progress=progress, transform=transform)
     missing = [u for u in frames if u not in vectors]
     if missing:
         raise KoemoError(f"encoders.prosody: no functionals for {len(missing)} clips (first: {missing[0]})")

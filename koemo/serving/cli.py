@@ -30,7 +30,7 @@ RuntimeOpt = typer.Option("torch", "--runtime", help="How the fusion head runs: 
                           "contribution), onnx or onnx-int8 (onnxruntime; the bundle's `koemo export`, else "
                           "exported once into the cache; no contribution). With onnx or onnx-int8 the Whisper "
                           "encoder runs in onnxruntime too (float32; exported once, ~1 min).")
-TrimOpt = typer.Option(0.1, "--trim-margin", help="Cut a recording too short to be cut into utterances to its "
+TrimOpt = typer.Option(0.25, "--trim-margin", help="Cut a recording too short to be cut into utterances to its "
                        "speech plus this margin (s) before the encoders (silence at the edges moves the "
                        "voice statistics); negative: keep it whole.")
 SharedPassOpt = typer.Option(True, "--shared-pass/--no-shared-pass", help="Decode the transcript from the speech "

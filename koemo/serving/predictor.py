@@ -3,7 +3,8 @@
 A :class:`Predictor` holds the loaded models (once per process) and turns one recording into a
 result dict. Recordings longer than ``Limits.segment_over_s`` are cut into utterances by voice
 activity (:mod:`koemo.serving.segment`); each utterance is classified on its own and the recording's
-distribution is the duration-weighted mean of its utterances'.
+distribution is the duration-weighted mean of its utterances'. A shorter recording is one
+utterance, cut to its speech (:func:`~koemo.serving.segment.trimmed_span`).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ class Recognizer:
     @classmethod
     def from_pretrained(cls, name_or_path: PathLike = "default", *, asr: str | None = None,
                         runtime: str = "torch", segment_over: float = 15.0,
-                        shared_pass: bool = True, trim_margin: float | None = 0.1) -> "Recognizer":
+                        shared_pass: bool = True, trim_margin: float | None = 0.25) -> "Recognizer":
         """Load a model bundle: a name from :data:`PRETRAINED` (``"default"``: the one ``make
         demo`` trains, ``$KOEMO_CACHE/bundles/default``; ``"fast"``: the clip-window recipe's,
         ``emotiontts-fast``) or a bundle directory (a ``Path`` is always a directory).

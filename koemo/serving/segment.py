@@ -39,7 +39,7 @@ class SegmentConfig:
     merge_gap_s: float = 0.8  # utterances closer than this are merged (within max_segment_s; 0 = never)
     # A recording short enough to stay whole is cut to its speech plus this margin (s): the 10 ms
     # frames within trim_range_db of its loudest one (trimmed_span); None keeps it whole.
-    trim_margin_s: float | None = 0.1
+    trim_margin_s: float | None = 0.25
     trim_range_db: float = 40.0
 
 
@@ -124,8 +124,10 @@ def trimmed_span(audio: np.ndarray, config: SegmentConfig = SegmentConfig()) -> 
     Why: the pooled heads read the mean and spread of every frame, and silence is frames too. A
     lone clip padded with 2 s of silence either side scored 0.26 instead of 0.57 (text-neutral
     protocol, docs/voice.md, "Silence at the edges"); cut to its speech it scores the same
-    whatever margins the corpus it came from left. Level-relative, so a quiet recording is cut
-    like a loud one; a recording without a quiet edge (noise, music) stays whole."""
+    whatever margins the corpus it came from left. The default margin, 0.25 s, keeps Whisper's
+    transcripts as good as the whole clip's (0.1 s cost 0.5 points of CER). Level-relative, so a
+    quiet recording is cut like a loud one; a recording without a quiet edge (noise, music)
+    stays whole."""
     whole = Span(0.0, round(len(audio) / SAMPLE_RATE, 3))
     hop = SAMPLE_RATE // 100
     if config.trim_margin_s is None or len(audio) < 2 * hop:

@@ -36,7 +36,7 @@ def load_features(
     if enc.prosody:
         from koemo.encoders.prosody import add_prosody
 
-        audio = add_prosody(store, audio, utts, progress=progress)
+        audio = add_prosody(store, audio, utts, progress=progress, extract_missing=extract_missing)
     text = {}
     for source in sources:
         have = [u for u in utts if source == "gold" or source in u.transcripts]

@@ -263,7 +263,7 @@ def test_the_trim_margin_reaches_the_predictor_from_the_library_and_the_command_
     assert kept.predictor.segment_config.trim_margin_s is None
     result = kept.predict_file(str(clip))
     assert result.segments[0].start == 0.0  # kept whole
-    assert Recognizer.from_pretrained(trained_bundle).predictor.segment_config.trim_margin_s == 0.1
+    assert Recognizer.from_pretrained(trained_bundle).predictor.segment_config.trim_margin_s == 0.25
     from typer.testing import CliRunner
 
     from koemo.cli import app

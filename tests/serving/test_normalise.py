@@ -120,7 +120,7 @@ def test_a_short_recording_is_cut_to_its_speech_before_the_encoders():
     floor = lambda n: rng.normal(0, 1e-4, n).astype(np.float32)  # noqa: E731
     padded = np.concatenate([floor(32000), speech, floor(32000)])
     span = trimmed_span(padded)
-    assert (span.start, span.end) == (1.9, 3.1)  # 2 s of silence, 1 s of speech, 0.1 s margins
+    assert (span.start, span.end) == (1.75, 3.25)  # 2 s of silence, 1 s of speech, 0.25 s margins
     assert trimmed_span(padded * 0.01) == span  # level-relative
     tight = trimmed_span(padded, SegmentConfig(trim_margin_s=0.0))
     assert (tight.start, tight.end) == (2.0, 3.0)
@@ -133,5 +133,5 @@ def test_a_short_recording_is_cut_to_its_speech_before_the_encoders():
     seen = []
     p.speech_encoder = lambda a: seen.append(len(a)) or a[: len(a) // 10 * 10].reshape(-1, 10)
     out = p.predict(padded, normalise="none")
-    assert seen == [int(1.2 * 16000)] and out["segments"][0]["start"] == 1.9
+    assert seen == [int(1.5 * 16000)] and out["segments"][0]["start"] == 1.75
     assert out["duration"] == 5.0
