@@ -93,28 +93,16 @@ class Channel:
 
 
 def main() -> None:
-    from textneutral import arguments, fold_bundles, weighted_f1
+    from textneutral import arguments, test_set, weighted_f1
 
     args = arguments(__doc__)
     import dataclasses
 
-    from koemo.cliutil import recipe_from
-    from koemo.data.prepare import load_or_prepare
-    from koemo.encoders.base import speech_settings
-    from koemo.training import bundle as bundles
-    from koemo.training.features import load_features, speech_input, store_for
+    from koemo.training.features import speech_input
 
-    recipe = recipe_from(args.recipe, args.set)
-    source = recipe.eval.text
-    _, utts = load_or_prepare(recipe, None)
-    frames, _, _ = load_features(recipe, utts, [], progress=False)
-    store = store_for(recipe)
-    settings = speech_settings(recipe.encoders)
-    found = fold_bundles(recipe, args.recipe, args.seeds)
-    models = [bundles.load_bundle(where) for where in found]
-    test_ids = frozenset(p.id for p in bundles.read_predictions(found[0], source) or [])
-    test = [u for u in utts if u.id in test_ids]
-    _, text, _ = load_features(recipe, test, [source], progress=False)
+    ts = test_set(args)
+    recipe, source, utts, frames, store, settings = ts.recipe, ts.source, ts.utts, ts.frames, ts.store, ts.settings
+    models, test, test_ids, text = ts.models, ts.test, ts.test_ids, ts.text
     scores: dict[str, dict[str, list[float]]] = {c: {m: [] for m in MODES} for c in CHANNELS}
     for channel in CHANNELS:
         shifted = dict(frames)

@@ -46,7 +46,7 @@ class Edges:
 
     @property
     def key(self) -> str:
-        margin = f"|margin={self.margin:g}" if self.service_cut and self.margin != 0.1 else ""
+        margin = f"|margin={self.margin:g}" if self.service_cut else ""
         return f"edges|{self.edge}|cut={int(self.service_cut)}{margin}|v1"
 
     def __call__(self, utt, audio: np.ndarray) -> np.ndarray:
@@ -65,7 +65,7 @@ class Edges:
 
 
 def main() -> None:
-    from textneutral import arguments, fold_bundles, weighted_f1
+    from textneutral import arguments, test_set, weighted_f1
 
     from koemo.serving.segment import SegmentConfig
 
@@ -73,23 +73,11 @@ def main() -> None:
                                             "help": "the service cut's margin (s)"}})
     import dataclasses
 
-    from koemo.cliutil import recipe_from
-    from koemo.data.prepare import load_or_prepare
-    from koemo.encoders.base import speech_settings
-    from koemo.training import bundle as bundles
-    from koemo.training.features import load_features, speech_input, store_for
+    from koemo.training.features import speech_input
 
-    recipe = recipe_from(args.recipe, args.set)
-    source = recipe.eval.text
-    _, utts = load_or_prepare(recipe, None)
-    frames, _, _ = load_features(recipe, utts, [], progress=False)
-    store = store_for(recipe)
-    settings = speech_settings(recipe.encoders)
-    found = fold_bundles(recipe, args.recipe, args.seeds)
-    models = [bundles.load_bundle(where) for where in found]
-    test_ids = frozenset(p.id for p in bundles.read_predictions(found[0], source) or [])
-    test = [u for u in utts if u.id in test_ids]
-    _, text, _ = load_features(recipe, test, [source], progress=False)
+    ts = test_set(args)
+    recipe, source, utts, frames, store, settings = ts.recipe, ts.source, ts.utts, ts.frames, ts.store, ts.settings
+    models, test, test_ids, text = ts.models, ts.test, ts.test_ids, ts.text
     group_of = {"speaker": lambda u: u.speaker, "test set": lambda u: "<test set>", "clip + corpus": lambda u: u.id}
     scores: dict[str, dict[str, list[float]]] = {}
     for edge in EDGES:

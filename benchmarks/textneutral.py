@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,6 +22,42 @@ def arguments(doc: str, extra: dict | None = None) -> argparse.Namespace:
     ap.add_argument("--set", action="append", default=[], help="a recipe override, as koemo's --set")
     ap.add_argument("--json", help="also write the numbers here")
     return ap.parse_args()
+
+
+@dataclass
+class TestSet:
+    """What the benchmarks that re-encode the test clips start from."""
+
+    recipe: object
+    source: str  # the service text (eval.text)
+    utts: list
+    frames: dict  # every clip's clean speech features
+    store: object
+    settings: dict  # the speech encoder's (speech_settings)
+    models: list  # one text-neutral fold bundle per seed
+    test: list  # its test clips
+    test_ids: frozenset
+    text: dict  # their text features
+
+
+def test_set(args: argparse.Namespace) -> TestSet:
+    """The recipe's features, its text-neutral fold bundles and their test clips."""
+    from koemo.cliutil import recipe_from
+    from koemo.data.prepare import load_or_prepare
+    from koemo.encoders.base import speech_settings
+    from koemo.training import bundle as bundles
+    from koemo.training.features import load_features, store_for
+
+    recipe = recipe_from(args.recipe, args.set)
+    source = recipe.eval.text
+    _, utts = load_or_prepare(recipe, None)
+    frames, _, _ = load_features(recipe, utts, [], progress=False)
+    found = fold_bundles(recipe, args.recipe, args.seeds)
+    test_ids = frozenset(p.id for p in bundles.read_predictions(found[0], source) or [])
+    test = [u for u in utts if u.id in test_ids]
+    _, text, _ = load_features(recipe, test, [source], progress=False)
+    return TestSet(recipe, source, utts, frames, store_for(recipe), speech_settings(recipe.encoders),
+                   [bundles.load_bundle(where) for where in found], test, test_ids, text)
 
 
 def fold_bundles(recipe, recipe_name: str, seeds: int) -> list[Path]:
