@@ -2,7 +2,7 @@
 
     python benchmarks/edge_silence.py                  # the table in docs/voice.md
     python benchmarks/edge_silence.py --seeds 5 --json out.json
-    python benchmarks/edge_silence.py --margin 0.25     # the service's cut with another margin
+    python benchmarks/edge_silence.py --margin 0.1      # the service's cut with another margin
 
 Corpora differ in how much silence they leave around an utterance (EmotionTTS: ~0.42 s before,
 ~0.54 s after, very regular); the pooled heads read the mean and spread of every frame, silence
@@ -15,7 +15,7 @@ clips re-encoded with their edges changed:
   with no margin);
 
 each as the training features (``as is``) and as the service encodes a short recording (``cut``:
-the span of :func:`~koemo.serving.segment.trimmed_span` with its default 0.1 s margin). Three
+the span of :func:`~koemo.serving.segment.trimmed_span` with its default 0.25 s margin, or --margin). Three
 test-time groupings (``speaker``, the whole test set as one folder, each clip alone with the
 corpus statistics). Text: the clean service transcript. Weighted F1, mean ± sd over seeds.
 """
@@ -42,7 +42,7 @@ class Edges:
 
     edge: str
     service_cut: bool
-    margin: float = 0.1
+    margin: float = 0.25
 
     @property
     def key(self) -> str:
