@@ -15,9 +15,10 @@ clips re-encoded with their edges changed:
   with no margin);
 
 each as the training features (``as is``) and as the service encodes a short recording (``cut``:
-the span of :func:`~koemo.serving.segment.trimmed_span` with its default 0.25 s margin, or --margin). Three
-test-time groupings (``speaker``, the whole test set as one folder, each clip alone with the
-corpus statistics). Text: the clean service transcript. Weighted F1, mean ± sd over seeds.
+the span of :func:`~koemo.serving.segment.trimmed_span`, its default 0.25 s margin or
+``--margin``). Three test-time groupings (``speaker``, the whole test set as one folder, each
+clip alone with the corpus statistics). Text: the clean service transcript. Weighted F1, mean ±
+sd over seeds.
 """
 
 from __future__ import annotations
