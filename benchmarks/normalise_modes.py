@@ -16,7 +16,9 @@ trained them; one per seed) on their 100 test clips with the speech input groupe
   session gets);
 - ``raw``: no normalisation at all (what a model trained without it would see; a lower bound).
 
-Weighted F1 on the service text (``eval.text``), mean ± sample standard deviation over seeds.
+Weighted F1 on the service text (``eval.text``), mean ± sample standard deviation over seeds;
+beside it the ECE (15 bins) of the raw probabilities and their mean top probability (means over
+seeds): how far the confidence is from the accuracy when the normalisation changes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ MODES = ("speaker", "test set", "clip + corpus", "raw")
 
 
 def main() -> None:
-    from textneutral import arguments, fold_bundles, weighted_f1
+    from textneutral import arguments, fold_bundles, scored
 
     args = arguments(__doc__)
     import dataclasses
@@ -61,19 +63,25 @@ def main() -> None:
         return views[(mode, test_ids)]
 
     scores: dict[str, list[float]] = {m: [] for m in MODES}
+    calibration: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}  # (ECE, mean confidence)
     for seed, where in enumerate(fold_bundles(recipe, args.recipe, args.seeds)):
         b = bundles.load_bundle(where)
         test_ids = frozenset(p.id for p in bundles.read_predictions(where, source) or [])
         test = [u for u in utts if u.id in test_ids]
         _, text, _ = load_features(recipe, test, [source], progress=False)
         for mode in MODES:
-            scores[mode].append(weighted_f1(b, speech_of(mode, test_ids), text, test, source))
+            got = scored(b, speech_of(mode, test_ids), text, test, source)
+            scores[mode].append(got["weighted_f1"])
+            calibration[mode].append((got["ece"], got["confidence"]))
         print(f"seed {seed}: " + ", ".join(f"{m} {scores[m][-1]:.3f}" for m in MODES), flush=True)
-    print("\n| test-time normalisation | weighted F1 (text-neutral, %d seeds) |\n|---|---:|" % args.seeds)
+    print("\n| test-time normalisation | weighted F1 (text-neutral, %d seeds) | ECE (raw) | mean top probability |"
+          "\n|---|---:|---:|---:|" % args.seeds)
     for m in MODES:
-        print(f"| {m} | {np.mean(scores[m]):.3f} ± {np.std(scores[m], ddof=1):.3f} |")  # as the report
+        ece, conf = np.mean(calibration[m], axis=0)
+        print(f"| {m} | {np.mean(scores[m]):.3f} ± {np.std(scores[m], ddof=1):.3f} | {ece:.3f} | {conf:.3f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(scores, indent=1), encoding="utf-8")
+        Path(args.json).write_text(json.dumps({"weighted_f1": scores, "ece_confidence": calibration}, indent=1),
+                                   encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -76,11 +76,22 @@ def fold_bundles(recipe, recipe_name: str, seeds: int) -> list[Path]:
 
 def weighted_f1(bundle, speech, text, test, source: str) -> float:
     """``bundle``'s weighted F1 on the clips ``test`` with these speech and text tables."""
+    return scored(bundle, speech, text, test, source)["weighted_f1"]
+
+
+def scored(bundle, speech, text, test, source: str) -> dict[str, float]:
+    """``bundle``'s weighted F1, ECE (15 bins, raw probabilities) and mean top probability on the
+    clips ``test`` with these speech and text tables."""
+    import numpy as np
+
+    from koemo.calibration import ece
     from koemo.metrics import compute_metrics
     from koemo.training.data import FeatureData
     from koemo.training.trainer import predict_proba
 
     data = FeatureData(speech, text, {u.id: u.label for u in test}, bundle.labels)
-    probs = predict_proba(bundle.model, data, [u.id for u in test], source)
+    probs = np.asarray(predict_proba(bundle.model, data, [u.id for u in test], source))
     pred = [bundle.labels[int(p.argmax())] for p in probs]
-    return compute_metrics([u.label for u in test], pred, bundle.labels).weighted_f1
+    y = np.array([list(bundle.labels).index(u.label) for u in test])
+    return {"weighted_f1": compute_metrics([u.label for u in test], pred, bundle.labels).weighted_f1,
+            "ece": float(ece(probs, y)), "confidence": float(probs.max(axis=1).mean())}
