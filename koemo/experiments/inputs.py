@@ -111,25 +111,18 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
     labels = list(resolve_label_set(recipe.data.label_set))
     inputs = Inputs(utts, labels, asr_rows=asr_rows)
     _ensure_fasttext(plan, utts, data_dir)
-    from koemo.training.features import encoder_meta as describe, store_for
+    from koemo.training.features import audio_copies, encoder_meta as describe, speech_frames, store_for
 
     store = store_for(recipe)
     for name in plan.speech_encoders():
         settings = speech_settings(recipe.encoders, name)
         prosody = recipe.encoders.prosody and name == recipe.encoders.speech
-        frames = _complete(store.speech(name, utts, progress=progress, **settings), utts, f"speech features {name}")
-        if prosody:
-            from koemo.encoders.prosody import add_prosody
-
-            frames = add_prosody(store, frames, utts, progress=progress)
-        inputs.speech[name] = frames
+        inputs.speech[name] = _complete(speech_frames(store, recipe.encoders, utts, name=name, progress=progress),
+                                        utts, f"speech features {name}")
         inputs.encoder_meta["speech"][name] = {**describe("speech", name, **settings), "layer": settings["layer"],
                                                **({"prosody": True} if prosody else {})}
         if recipe.augment.copies and name == recipe.encoders.speech:
-            from koemo.training.augment import audio_copies
-
-            inputs.speech_copies[name] = audio_copies(recipe.augment, store, name, utts, progress=progress,
-                                                      prosody=prosody, **settings)
+            inputs.speech_copies[name] = audio_copies(recipe.augment, store, recipe.encoders, utts, progress=progress)
     for name, sources in sorted(plan.text_needs().items()):
         for s in sorted(sources):
             inputs.text[(name, s)] = _complete(store.text(name, utts, s, progress=progress), utts,

@@ -88,28 +88,6 @@ def check(cfg: AugmentConfig) -> None:
         raise KoemoError(f"augment.mixed_groups must be 0 (off) or a number of speakers, got {cfg.mixed_groups}")
 
 
-def audio_copies(cfg: AugmentConfig, store, encoder: str, utts: Sequence[Utterance], layer=None,
-                 progress: bool = True, prosody: bool = False, **options) -> list[Mapping[str, np.ndarray]]:
-    """The speech features of ``cfg.copies`` augmented copies of every clip (from the store, or
-    extracted into it; ``layer`` and ``options`` as the encoder's settings; ``prosody``: with the
-    copy's own functionals, ``encoders.prosody``). Without an audio transform the copies are the
-    clean features (to be frame-masked)."""
-    from koemo.encoders.prosody import add_prosody
-
-    check(cfg)
-    if not cfg.copies:
-        return []
-
-    def features(transform=None):
-        frames = store.speech(encoder, list(utts), layer=layer, progress=progress, transform=transform, **options)
-        return add_prosody(store, frames, utts, transform=transform, progress=progress) if prosody else frames
-
-    if not (cfg.noise or cfg.speed or cfg.volume_db):
-        return [features()] * cfg.copies
-    pool = tuple(utts)
-    return [features(AudioTransform(cfg, k, pool)) for k in range(cfg.copies)]
-
-
 def mask_frames(frames: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
     """``frames`` without a random ``share`` of its time steps (at least one kept)."""
     if share <= 0:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from koemo.config import Recipe
+from koemo.config import AugmentConfig, Recipe
 from koemo.data.manifest import Utterance
 from koemo.encoders.base import speech_settings
 from koemo.encoders.store import store_for
@@ -32,11 +32,7 @@ def load_features(
     store = store_for(recipe)
     enc = recipe.encoders
     settings = speech_settings(enc)
-    audio = store.speech(enc.speech, utts, extract_missing, progress=progress, **settings)
-    if enc.prosody:
-        from koemo.encoders.prosody import add_prosody
-
-        audio = add_prosody(store, audio, utts, progress=progress, extract_missing=extract_missing)
+    audio = speech_frames(store, enc, utts, extract_missing=extract_missing, progress=progress)
     text = {}
     for source in sources:
         have = [u for u in utts if source == "gold" or source in u.transcripts]
@@ -46,6 +42,42 @@ def load_features(
                        **({"prosody": True} if enc.prosody else {})},
             "text": encoder_meta("text", enc.text)}
     return audio, text, meta
+
+
+def speech_frames(store, enc, utts: Sequence[Utterance], *, name: str | None = None, transform=None,
+                  extract_missing: bool = True, progress: bool = True) -> dict[str, np.ndarray]:
+    """The speech features a recipe's ``encoders`` section ``enc`` reads for ``utts``, from the
+    store (extracted where missing): encoder ``name`` (default: the section's) with the section's
+    settings (:func:`~koemo.encoders.base.speech_settings`), and for the section's own encoder the
+    prosodic functionals appended where ``encoders.prosody`` is on (of the same ``transform``, an
+    augmentation). One owner for training, the grid's inputs and the augmented copies."""
+    name = name or enc.speech
+    frames = store.speech(name, list(utts), extract_missing, progress=progress, transform=transform,
+                          **speech_settings(enc, name))
+    if enc.prosody and name == enc.speech:
+        from koemo.encoders.prosody import add_prosody
+
+        frames = add_prosody(store, frames, utts, transform=transform, progress=progress,
+                             extract_missing=extract_missing)
+    return frames
+
+
+def audio_copies(cfg: AugmentConfig, store, encoders, utts: Sequence[Utterance],
+                 progress: bool = True) -> list[Mapping[str, np.ndarray]]:
+    """The speech features of ``cfg.copies`` augmented copies of every clip (the transforms of
+    :mod:`koemo.training.augment`), as the recipe's ``encoders`` section reads them
+    (:func:`speech_frames`: from the store, or extracted into it). Without an audio transform
+    the copies are the clean features (to be frame-masked)."""
+    from koemo.training.augment import AudioTransform, check
+
+    check(cfg)
+    if not cfg.copies:
+        return []
+    if not (cfg.noise or cfg.speed or cfg.volume_db):
+        return [speech_frames(store, encoders, utts, progress=progress)] * cfg.copies
+    pool = tuple(utts)
+    return [speech_frames(store, encoders, utts, transform=AudioTransform(cfg, k, pool), progress=progress)
+            for k in range(cfg.copies)]
 
 
 def encoder_meta(kind: str, name: str, layer: int | None = None, finetuned: bool = False, **options) -> dict:

@@ -181,13 +181,10 @@ def training_inputs(recipe: Recipe, utts, manifest: Path | str = "manifest", pro
             return build_end_to_end(recipe, len(labels))[0]
 
         return TrainingInputs(FeatureData(audio, text, label_of, labels), end_to_end_meta(recipe), None, model_for)
-    from koemo.encoders.base import speech_settings
-    from koemo.training.augment import audio_copies
-    from koemo.training.features import load_features, speech_input, store_for
+    from koemo.training.features import audio_copies, load_features, speech_input, store_for
 
     audio, text, encoders = load_features(recipe, utts, sources, progress=progress)
-    copies = audio_copies(recipe.augment, store_for(recipe), recipe.encoders.speech, utts,
-                          progress=progress, prosody=recipe.encoders.prosody, **speech_settings(recipe.encoders))
+    copies = audio_copies(recipe.augment, store_for(recipe), recipe.encoders, utts, progress=progress)
     audio, copies, spec = speech_input(recipe, audio, utts, copies)
     encoders["speech"]["input"] = spec.meta()
     return TrainingInputs(FeatureData(audio, text, label_of, labels, copies), encoders, spec.arrays())
