@@ -89,8 +89,9 @@ def fill(utts: Sequence[Utterance], store, *, cache=None, backend=None, factory=
     """One shared pass (``backend``, or one ``factory()`` builds when there is work: a
     :class:`SharedPassBackend`, the default one when neither is given) for every utterance
     (clean audio) whose whisper-base transcript is not cached yet; its transcript goes to the
-    cache and, where the store lacks them, its frames to ``store``. Clips already transcribed are left to the store (encoding alone is cheaper than a
-    pass plus decoding). A clip that cannot be read is left out (the ordinary paths report it)."""
+    cache and, where the store lacks them, its frames to ``store``. Clips already transcribed
+    are left to the store (encoding alone is cheaper than a pass plus decoding). A clip that
+    cannot be read is left out (the ordinary paths report it)."""
     from tqdm import tqdm
 
     from koemo.asr.cache import TranscriptCache, noise_key

@@ -50,7 +50,7 @@ def render(recipe: Recipe, meta: dict[str, Any]) -> str:
         f"- fusion: `{recipe.model.fusion}` {dict(recipe.model.options) or ''}, hidden {recipe.model.hidden}, "
         f"dropout {recipe.model.dropout}, inputs standardised: {recipe.model.standardise}",
         f"- speech: `{enc.speech}` layer {enc.speech_layer} ({recipe.model.layer_mix} layer mix), "
-        f"window `{enc.speech_window}`, view "
+        f"window `{enc.speech_window}`{', prosodic functionals appended' if enc.prosody else ''}, view "
         f"`{speech_in.get('view', 'frames')}`, normalisation `{(speech_in.get('normalise') or {}).get('mode', 'none')}` "
         "(per speaker in training; in service per session, per recording, or the training corpus's statistics)",
         f"- text: `{enc.text}` on the `{meta.get('valid_source')}` transcript; trained as `{meta.get('text_train')}` "
