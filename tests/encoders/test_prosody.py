@@ -80,8 +80,10 @@ def test_the_functionals_become_one_more_layer_the_same_at_every_frame():
     assert np.array_equal(out[:, 3, :41], np.broadcast_to(v, (5, 41))) and not out[:, 3, 41:].any()
     flat = with_prosody(frames[:, 0], v)
     assert flat.shape == (5, 64 + 41) and np.array_equal(flat[:, 64:], np.broadcast_to(v, (5, 41)))
-    with pytest.raises(KoemoError, match="do not fit"):
+    with pytest.raises(KoemoError, match="41 functionals do not fit a layer of 8 dims"):
         with_prosody(frames[:, :, :8], v)
+    with pytest.raises(KoemoError, match=r"frames of shape \(5,\); expected \[T, D\] or \[T, L, D\]"):
+        with_prosody(frames[:, 0, 0], v)
 
 
 def test_a_group_standardises_its_clips_functionals_and_the_stats_view_keeps_them():
@@ -114,6 +116,11 @@ def test_the_store_caches_the_functionals_and_add_prosody_appends_them(emotiontt
     again = FeatureStore()
     add_prosody(again, frames, utts, progress=False)
     assert (again.hits, again.extracted) == (2, 0)
+    # a clip whose functionals are not in the store, and may not be extracted: named, not a KeyError
+    other = dataclasses.replace(emotiontts_utts[2])
+    with pytest.raises(KoemoError, match=rf"no functionals for 1 clips \(first: {other.id}\)"):
+        add_prosody(FeatureStore(), {**frames, other.id: frames[utts[0].id]}, utts + [other], progress=False,
+                    extract_missing=False)
 
 
 def test_the_service_stage_appends_them_to_both_paths():
