@@ -84,6 +84,10 @@ class EncoderConfig:
     # true: each clip's prosodic functionals (pitch, loudness, voice quality, spectral balance,
     # rhythm; koemo.encoders.prosody) appended to the speech encoder's frames as one more layer
     prosody: bool = False
+    # Seconds: each clip cut to its speech plus this margin before the speech encoder, as the
+    # service cuts a short recording (koemo.data.audio.EdgeTrim); null = as the corpus recorded it.
+    # A bundle trained so makes it the service's default margin.
+    trim_margin: float | None = None
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,53 @@ def _int_to_float(a: np.ndarray) -> np.ndarray:
     info = np.iinfo(a.dtype)
     mid = (int(info.max) + int(info.min) + 1) / 2  # 0 for signed, 128 for uint8
     return ((a.astype(np.float64) - mid) / (info.max - mid + 1)).astype(np.float32)
+
+
+def speech_bounds(audio: np.ndarray, margin_s: float, range_db: float = 40.0) -> tuple[float, float]:
+    """Seconds ``(start, end)`` of a clip's speech plus ``margin_s`` either side: from the first to
+    the last 10 ms frame within ``range_db`` of the loudest frame (level-relative, so a quiet
+    recording is cut like a loud one; a recording without a quiet edge stays whole).
+
+    Why: the pooled heads read the mean and spread of every frame, and silence is frames too;
+    corpora differ in how much of it they leave around an utterance (docs/voice.md, "Silence at
+    the edges"). The service cuts a short recording with this (``trimmed_span``), and a recipe
+    with ``encoders.trim_margin`` cuts its training clips the same way (:class:`EdgeTrim`)."""
+    whole = round(len(audio) / SAMPLE_RATE, 3)
+    hop = SAMPLE_RATE // 100
+    if len(audio) < 2 * hop:
+        return 0.0, whole
+    n = len(audio) // hop
+    power = np.mean(np.square(audio[: n * hop].reshape(n, hop), dtype=np.float64), axis=1)
+    level = 10.0 * np.log10(power + 1e-20)
+    loud = np.flatnonzero(level > level.max() - range_db)
+    start = max(0.0, loud[0] * hop / SAMPLE_RATE - margin_s)
+    end = min(whole, (loud[-1] + 1) * hop / SAMPLE_RATE + margin_s)
+    if n * hop < len(audio) and loud[-1] == n - 1:  # the samples after the last whole frame
+        end = whole
+    return round(start, 3), round(end, 3)
+
+
+@dataclass(frozen=True)
+class EdgeTrim:
+    """A feature-store transform (``transform(utt, audio) -> audio`` with a ``key``): the clip cut
+    to :func:`speech_bounds`, then ``then`` (an augmentation) where given. What a recipe's
+    ``encoders.trim_margin`` does to its training clips, so they look like what the service
+    encodes."""
+
+    margin_s: float
+    range_db: float = 40.0
+    then: object = None
+
+    @property
+    def label(self) -> str:  # in progress bars
+        return "cut to speech" + (f", {self.then.label}" if self.then is not None else "")
+
+    @property
+    def key(self) -> str:
+        inner = f"|{self.then.key}" if self.then is not None else ""
+        return f"trim|margin={self.margin_s:g}|range={self.range_db:g}|v1{inner}"
+
+    def __call__(self, utt, audio: np.ndarray) -> np.ndarray:
+        start, end = speech_bounds(audio, self.margin_s, self.range_db)
+        out = audio[int(round(start * SAMPLE_RATE)): int(round(end * SAMPLE_RATE))]
+        return self.then(utt, out) if self.then is not None else out

@@ -176,7 +176,7 @@ class FeatureStore:
         if todo:
             from tqdm import tqdm
 
-            desc = f"features {encoder_name}" + (" (augmented)" if transform is not None else "")
+            desc = f"features {encoder_name}" + (f" ({getattr(transform, 'label', 'transformed')})" if transform else "")
             arrays = _speech_arrays(enc, (encoder_name, layer, options), todo, transform)
             for (u, path), got in tqdm(arrays, total=len(todo), desc=desc, unit="utt", disable=not progress):
                 where = f"{u.id} ({u.audio})"

@@ -120,7 +120,9 @@ def prepare_inputs(plan: Plan, data_dir: str | None = None, progress: bool = Tru
         inputs.speech[name] = _complete(speech_frames(store, recipe.encoders, utts, name=name, progress=progress),
                                         utts, f"speech features {name}")
         inputs.encoder_meta["speech"][name] = {**describe("speech", name, **settings), "layer": settings["layer"],
-                                               **({"prosody": True} if prosody else {})}
+                                               **({"prosody": True} if prosody else {}),
+                                               **({"trim_margin": recipe.encoders.trim_margin}
+                                                  if recipe.encoders.trim_margin is not None else {})}
         if recipe.augment.copies and name == recipe.encoders.speech:
             inputs.speech_copies[name] = audio_copies(recipe.augment, store, recipe.encoders, utts, progress=progress)
     for name, sources in sorted(plan.text_needs().items()):

@@ -30,9 +30,10 @@ RuntimeOpt = typer.Option("torch", "--runtime", help="How the fusion head runs: 
                           "contribution), onnx or onnx-int8 (onnxruntime; the bundle's `koemo export`, else "
                           "exported once into the cache; no contribution). With onnx or onnx-int8 the Whisper "
                           "encoder runs in onnxruntime too (float32; exported once, ~1 min).")
-TrimOpt = typer.Option(0.25, "--trim-margin", help="Cut a recording too short to be cut into utterances to its "
+TrimOpt = typer.Option(None, "--trim-margin", help="Cut a recording too short to be cut into utterances to its "
                        "speech plus this margin (s) before the encoders (silence at the edges moves the "
-                       "voice statistics); negative: keep it whole.")
+                       "voice statistics); negative: keep it whole. Default: the margin the model's "
+                       "training clips were cut with (encoders.trim_margin), else 0.25.")
 SharedPassOpt = typer.Option(True, "--shared-pass/--no-shared-pass", help="Decode the transcript from the speech "
                              "encoder's Whisper pass (one encoder pass per clip) where the model allows.")
 
@@ -49,7 +50,7 @@ def predict(
                                   "training corpus's statistics. Too few clips fall back to the corpus."),
     runtime: str = RuntimeOpt,
     shared_pass: bool = SharedPassOpt,
-    trim_margin: float = TrimOpt,
+    trim_margin: Optional[float] = TrimOpt,
 ) -> None:
     """Transcribe each file, recognise its emotion and print the distribution and the top label.
 
@@ -130,7 +131,7 @@ def serve(
     log_transcripts: bool = typer.Option(False, "--log-transcripts", help="Write transcripts to the log (personal data; off by default)."),
     runtime: str = RuntimeOpt,
     shared_pass: bool = SharedPassOpt,
-    trim_margin: float = TrimOpt,
+    trim_margin: Optional[float] = TrimOpt,
 ) -> None:
     """Serve the model over HTTP: POST /v1/predict, GET /v1/health, GET /v1/model, docs at /docs, web page at /."""
     import logging
@@ -143,7 +144,6 @@ def serve(
     from koemo.serving.limits import Limits
     from koemo.serving.loader import load_predictor
     from koemo.serving.security import KeyStore, Security, is_loopback, uvicorn_log_config
-    from koemo.serving.segment import with_trim
 
     if rate_limit < 0:
         raise KoemoError(f"--rate-limit {rate_limit}: use 0 (no limit) or more requests per minute")
@@ -155,8 +155,8 @@ def serve(
         max_upload_mb=max_upload_mb, max_duration_s=max_duration, segment_over_s=segment_over, workers=workers
     )
     limit_arenas()  # before the models and the worker threads allocate (koemo/allocator.py)
-    predictor = load_predictor(model, asr=asr, limits=limits, runtime=runtime, shared_pass=shared_pass)
-    predictor.segment_config = with_trim(predictor.segment_config, trim_margin)
+    predictor = load_predictor(model, asr=asr, limits=limits, runtime=runtime, shared_pass=shared_pass,
+                               trim_margin=trim_margin)
     app = create_app(predictor, limits, security)
     log_config = uvicorn_log_config()
     if security.keys is None and not is_loopback(host):

@@ -17,6 +17,7 @@ from koemo.errors import KoemoError
 from koemo.paths import NAMED_MODELS, named_bundle_dir
 from koemo.serving.limits import Limits
 from koemo.serving.predictor import Predictor, SpeechStage
+from koemo.serving.segment import with_trim
 from koemo.sources import TextSource
 from koemo.training import bundle as bundles
 
@@ -154,11 +155,13 @@ RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 
 def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: Limits,
-                   runtime: str = "torch", shared_pass: bool = True) -> Predictor:
+                   runtime: str = "torch", shared_pass: bool = True, trim_margin: float | None = None) -> Predictor:
     """Load the model bundle at ``path`` (default: :func:`default_bundle_dir`) with its encoders;
     ``runtime`` (:data:`RUNTIMES`) says how the fusion head runs. ``shared_pass``: where the
     speech encoder is Whisper base's and the recogniser whisper-base, decode the transcript from
-    the speech encoder's pass (:mod:`koemo.asr.shared_pass`) instead of encoding twice."""
+    the speech encoder's pass (:mod:`koemo.asr.shared_pass`) instead of encoding twice.
+    ``trim_margin``: a short recording is cut to its speech plus this many seconds (negative:
+    kept whole; None: the margin the bundle's training clips were cut with, else the default)."""
     from koemo.encoders import get_speech_encoder, get_text_encoder
     from koemo.encoders.base import speech_settings
 
@@ -221,6 +224,10 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
 
         predictor.speech_encoder, predictor.joint = prosody_stage(predictor.speech_encoder, predictor.joint)
     predictor.info["prosody"] = bool(enc.get("prosody"))
+    if trim_margin is None and enc.get("trim_margin") is not None:  # as the training clips were cut
+        trim_margin = float(enc["trim_margin"])
+    predictor.segment_config = with_trim(predictor.segment_config, trim_margin)
+    predictor.info["trim_margin"] = predictor.segment_config.trim_margin_s
     return predictor
 
 

@@ -103,7 +103,7 @@ class Recognizer:
     @classmethod
     def from_pretrained(cls, name_or_path: PathLike = "default", *, asr: str | None = None,
                         runtime: str = "torch", segment_over: float = 15.0,
-                        shared_pass: bool = True, trim_margin: float | None = 0.25) -> "Recognizer":
+                        shared_pass: bool = True, trim_margin: float | None = None) -> "Recognizer":
         """Load a model bundle: a name from :data:`PRETRAINED` (``"default"``: the one ``make
         demo`` trains, ``$KOEMO_CACHE/bundles/default``; ``"fast"``: the clip-window recipe's,
         ``emotiontts-fast``) or a bundle directory (a ``Path`` is always a directory).
@@ -114,7 +114,8 @@ class Recognizer:
         utterances by voice activity; ``shared_pass``: decode the transcript from the speech
         encoder's Whisper pass where the model allows (one encoder pass per clip);
         ``trim_margin``: a shorter recording is cut to its speech plus this margin (seconds;
-        None or negative: kept whole).
+        negative: kept whole; None: the margin the bundle's training clips were cut with,
+        ``encoders.trim_margin``, else 0.25).
         """
         from koemo.serving.loader import load_predictor
 
@@ -127,11 +128,9 @@ class Recognizer:
                     and not key.startswith("."):
                 raise KoemoError(f"{key}: neither a model bundle directory nor a known model "
                                  f"({', '.join(sorted(PRETRAINED))})")
-        from koemo.serving.segment import with_trim
-
         limits = Limits(max_duration_s=0, segment_over_s=segment_over)
-        predictor = load_predictor(model, asr=asr, limits=limits, runtime=runtime, shared_pass=shared_pass)
-        predictor.segment_config = with_trim(predictor.segment_config, trim_margin)
+        predictor = load_predictor(model, asr=asr, limits=limits, runtime=runtime, shared_pass=shared_pass,
+                                   trim_margin=trim_margin)
         return cls(predictor)
 
     @property

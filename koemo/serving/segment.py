@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from koemo.data.audio import SAMPLE_RATE
+from koemo.data.audio import SAMPLE_RATE, speech_bounds
 
 
 @dataclass(frozen=True)
@@ -110,11 +110,14 @@ def speech_spans(audio: np.ndarray, config: SegmentConfig = SegmentConfig()) -> 
 
 
 def with_trim(config: SegmentConfig, margin_s: float | None) -> SegmentConfig:
-    """``config`` with ``trim_margin_s`` set from a command-line margin: negative or None keeps
-    short recordings whole."""
+    """``config`` with ``trim_margin_s`` set from a command-line margin: None leaves the one the
+    loader set (the bundle's ``encoders.trim_margin``, else the default); negative keeps short
+    recordings whole."""
     import dataclasses
 
-    return dataclasses.replace(config, trim_margin_s=None if margin_s is None or margin_s < 0 else float(margin_s))
+    if margin_s is None:
+        return config
+    return dataclasses.replace(config, trim_margin_s=None if margin_s < 0 else float(margin_s))
 
 
 def trimmed_span(audio: np.ndarray, config: SegmentConfig = SegmentConfig()) -> Span:
@@ -127,20 +130,11 @@ def trimmed_span(audio: np.ndarray, config: SegmentConfig = SegmentConfig()) -> 
     whatever margins the corpus it came from left. The default margin, 0.25 s, keeps Whisper's
     transcripts as good as the whole clip's (0.1 s cost 0.5 points of CER). Level-relative, so a
     quiet recording is cut like a loud one; a recording without a quiet edge (noise, music)
-    stays whole."""
-    whole = Span(0.0, round(len(audio) / SAMPLE_RATE, 3))
-    hop = SAMPLE_RATE // 100
-    if config.trim_margin_s is None or len(audio) < 2 * hop:
-        return whole
-    n = len(audio) // hop
-    power = np.mean(np.square(audio[: n * hop].reshape(n, hop), dtype=np.float64), axis=1)
-    level = 10.0 * np.log10(power + 1e-20)
-    loud = np.flatnonzero(level > level.max() - config.trim_range_db)
-    start = max(0.0, loud[0] * hop / SAMPLE_RATE - config.trim_margin_s)
-    end = min(whole.end, (loud[-1] + 1) * hop / SAMPLE_RATE + config.trim_margin_s)
-    if n * hop < len(audio) and loud[-1] == n - 1:  # the samples after the last whole frame
-        end = whole.end
-    return Span(round(start, 3), round(end, 3))
+    stays whole (:func:`koemo.data.audio.speech_bounds`, which training clips are cut with too
+    where a recipe sets ``encoders.trim_margin``)."""
+    if config.trim_margin_s is None:
+        return Span(0.0, round(len(audio) / SAMPLE_RATE, 3))
+    return Span(*speech_bounds(audio, config.trim_margin_s, config.trim_range_db))
 
 
 def cut(audio: np.ndarray, span: Span) -> np.ndarray:

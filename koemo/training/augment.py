@@ -43,6 +43,8 @@ class AudioTransform:
     copy: int
     pool: tuple[Utterance, ...] = ()
 
+    label = "augmented"  # in progress bars
+
     @property
     def key(self) -> str:
         c = self.cfg

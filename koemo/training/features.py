@@ -39,7 +39,8 @@ def load_features(
         text[source] = store.text(enc.text, have, source=source, extract_missing=extract_missing,
                                   progress=progress) if have else {}
     meta = {"speech": {**encoder_meta("speech", enc.speech, **settings), "layer": enc.speech_layer,
-                       **({"prosody": True} if enc.prosody else {})},
+                       **({"prosody": True} if enc.prosody else {}),
+                       **({"trim_margin": enc.trim_margin} if enc.trim_margin is not None else {})},
             "text": encoder_meta("text", enc.text)}
     return audio, text, meta
 
@@ -50,8 +51,14 @@ def speech_frames(store, enc, utts: Sequence[Utterance], *, name: str | None = N
     store (extracted where missing): encoder ``name`` (default: the section's) with the section's
     settings (:func:`~koemo.encoders.base.speech_settings`), and for the section's own encoder the
     prosodic functionals appended where ``encoders.prosody`` is on (of the same ``transform``, an
-    augmentation). One owner for training, the grid's inputs and the augmented copies."""
+    augmentation), each clip first cut to its speech where ``encoders.trim_margin`` is set
+    (:class:`~koemo.data.audio.EdgeTrim`). One owner for training, the grid's inputs and the
+    augmented copies."""
     name = name or enc.speech
+    if getattr(enc, "trim_margin", None) is not None:  # cut as the service cuts, then augment
+        from koemo.data.audio import EdgeTrim
+
+        transform = EdgeTrim(float(enc.trim_margin), then=transform)
     frames = store.speech(name, list(utts), extract_missing, progress=progress, transform=transform,
                           **speech_settings(enc, name))
     if enc.prosody and name == enc.speech:

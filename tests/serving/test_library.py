@@ -278,3 +278,21 @@ def test_the_trim_margin_reaches_the_predictor_from_the_library_and_the_command_
     monkeypatch.setattr(recognizer.Recognizer, "from_pretrained", staticmethod(fake))
     CliRunner().invoke(app, ["predict", str(clip), "--trim-margin", "0.25"])
     assert seen["trim_margin"] == 0.25
+
+
+def test_a_bundle_trained_on_cut_clips_is_served_with_its_margin(trained_bundle, tmp_path):
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "cut"
+    shutil.copytree(trained_bundle, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text(encoding="utf-8"))
+    config.setdefault("encoders", {})["trim_margin"] = 0.1
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    served = Recognizer.from_pretrained(copy).predictor
+    assert served.segment_config.trim_margin_s == 0.1 and served.info["trim_margin"] == 0.1
+    assert Recognizer.from_pretrained(copy, trim_margin=0.3).predictor.segment_config.trim_margin_s == 0.3
+    assert Recognizer.from_pretrained(copy, trim_margin=-1).predictor.info["trim_margin"] is None
+    # a bundle trained on clips as recorded keeps the service's default cut
+    assert Recognizer.from_pretrained(trained_bundle).predictor.info["trim_margin"] == 0.25
