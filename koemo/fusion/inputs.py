@@ -92,9 +92,13 @@ class Normaliser:
     def stats_for(self, group: Moments | None) -> tuple[np.ndarray, np.ndarray]:
         """(mean, sd) for a group of clips: its own when normalising by speaker and it has at least
         ``min_clips`` clips, else the corpus statistics."""
-        if self.mode == "speaker" and group is not None and group.clips >= self.min_clips:
+        if not self.uses_corpus(group):
             return group.mean_sd()
         return self.corpus_mean, self.corpus_sd
+
+    def uses_corpus(self, group: Moments | None) -> bool:
+        """Whether ``group`` is standardised by the corpus statistics (too few clips of its own)."""
+        return not (self.mode == "speaker" and group is not None and group.clips >= self.min_clips)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"corpus_mean": self.corpus_mean, "corpus_sd": self.corpus_sd}

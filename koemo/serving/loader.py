@@ -192,7 +192,9 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
             log.warning("%s: trained with %s encoder %s, the installed one is %s", path, kind, recorded_id, _safe_id(encoder))
     asr_name = asr or bundle_asr(meta, config)
     stage = speech_stage_of(bundle)
-    temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
+    calibration = meta.get("calibration") or {}
+    temperature = float(calibration.get("temperature", 1.0))
+    lone_temperature = float((calibration.get("corpus_normalised") or {}).get("temperature", temperature))
     info = {
         "bundle": str(path),
         "fusion": (meta.get("model") or {}).get("fusion", ""),
@@ -203,6 +205,7 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
     }
     info["normalise"] = stage.normaliser.mode if stage.normaliser else "none"
     info["temperature"] = temperature
+    info["temperature_lone_clip"] = lone_temperature
     info["runtime"] = runtime
     info["speech_runtime"] = getattr(speech, "runtime", "torch")
     classify = None
@@ -219,6 +222,7 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
         speech_stage=stage, temperature=temperature, classify=classify,
     )
     predictor.joint = shared.joint if shared is not None else None
+    predictor.lone_power = temperature / lone_temperature
     if enc.get("prosody"):
         from koemo.encoders.prosody import prosody_stage
 

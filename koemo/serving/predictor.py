@@ -54,6 +54,10 @@ class SpeechStage:
             return view(frames, self.view, pool=self.pool)
         return view(frames, self.view, *self.normaliser.stats_for(group), pool=self.pool)
 
+    def uses_corpus(self, group: Moments | None) -> bool:
+        """Whether ``group``'s frames are standardised by the training corpus's statistics."""
+        return self.normaliser is not None and self.normaliser.uses_corpus(group)
+
 
 @dataclass
 class Predictor:
@@ -68,6 +72,10 @@ class Predictor:
     speech_stage: SpeechStage = field(default_factory=SpeechStage)
     limits: Limits = field(default_factory=Limits)
     segment_config: SegmentConfig = field(default_factory=SegmentConfig)
+    # The probabilities of a clip standardised by the corpus statistics (a lone clip) are raised to
+    # this power and renormalised: T / T_lone, the bundle's two temperatures (koemo.training.final),
+    # which turns softmax(z / T) into softmax(z / T_lone).
+    lone_power: float = 1.0
     # Models that keep state between calls (or are not thread-safe) run under this lock when set.
     serial: bool = False
     # Run the speech encoder in a helper thread while ASR and the text encoder run.
@@ -122,8 +130,9 @@ class Predictor:
                 # update_session=False: the session already holds this recording (observe() first)
                 group = session.add(group) if update_session else (session.moments or group)
         segments = []
+        power = self.lone_power if self.speech_stage.uses_corpus(group) else 1.0
         for span, (transcript, frames, text) in zip(spans, encoded):
-            seg = self._classify(transcript, self.speech_stage(frames, group), text, timings)
+            seg = self._classify(transcript, self.speech_stage(frames, group), text, timings, power)
             segments.append({"start": span.start, "end": span.end, **seg})
 
         weights = np.array([max(s["end"] - s["start"], 1e-3) for s in segments])
@@ -199,7 +208,7 @@ class Predictor:
             timings[stage] += dt
         return transcript, speech, text
 
-    def _classify(self, transcript: str, speech, text, timings: dict[str, float]) -> dict[str, Any]:
+    def _classify(self, transcript: str, speech, text, timings: dict[str, float], power: float = 1.0) -> dict[str, Any]:
         if self.serial:
             with self._lock:
                 (probs, contribution), t_fusion = _timed(self.classify, speech, text)
@@ -210,6 +219,9 @@ class Predictor:
         if probs.shape[0] != len(self.labels) or not np.all(np.isfinite(probs)):
             raise KoemoError(f"model returned {probs.shape[0]} scores for {len(self.labels)} labels")
         probs = probs / probs.sum()
+        if power != 1.0:
+            probs = probs ** power
+            probs = probs / probs.sum()
         return {
             "transcript": transcript,
             "label": self.labels[int(np.argmax(probs))],

@@ -8,7 +8,9 @@ text-neutral protocol where the data has one; its fold bundles are those of ``ko
 them already (``make demo``'s) is read, not retrained, as is the final bundle on a re-run.
 The temperature is fitted on all held-out predictions of the service text; the card's ECE is
 *cross-fitted* (each fold's predictions scaled by the temperature of the other folds), so no
-prediction is calibrated on itself.
+prediction is calibrated on itself. With speaker normalisation a second temperature is fitted
+the same way on those predictions re-scored with the corpus statistics (:func:`corpus_normalised`):
+the service uses it where a clip is too alone for its own.
 """
 
 from __future__ import annotations
@@ -61,6 +63,28 @@ def calibration_of(preds: list, labels: list[str]) -> dict[str, Any]:
             "ece_cross_fitted": ece(scaled, y), "nll_cross_fitted": nll(scaled, y)}
 
 
+def corpus_normalised(recipe: Recipe, utts, outcomes, data, source: str) -> list:
+    """The folds' held-out predictions again, each test clip's voice standardised by the corpus
+    statistics instead of its speaker's: what a lone clip (a request without a session,
+    ``--normalise none``) gets in service. Its confidence differs from the speaker-normalised
+    one (higher than its accuracy), so it gets its own temperature (docs/voice.md)."""
+    from koemo.training.data import FeatureData
+    from koemo.training.features import load_features, speech_input
+    from koemo.training.steps import predict_proba
+
+    frames, _, _ = load_features(recipe, utts, [], progress=False)
+    alone = speech_input(recipe, frames, [dataclasses.replace(u, speaker=u.id) for u in utts])[0]
+    lone = FeatureData(alone, data.text, data.labels, data.label_list)
+    preds = []
+    for o in outcomes:
+        held = bundles.read_predictions(o.out, source) or []
+        if held:
+            probs = predict_proba(bundles.load_bundle(o.out).model, lone, [p.id for p in held], source)
+            preds += [dataclasses.replace(p, probs=[float(x) for x in q], pred=data.label_list[int(np.argmax(q))])
+                      for p, q in zip(held, probs)]
+    return preds
+
+
 def _scores(preds: list, labels: list[str]) -> dict[str, float]:
     m = compute_metrics([p.label for p in preds], [p.pred for p in preds], labels, [p.probs for p in preds])
     return {k: round(v, 4) for k, v in m.scalars().items()} | {"n": len(preds)}
@@ -85,7 +109,7 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
     labels = inputs.data.label_list
     source = TrainingText.parse(recipe.train.text).service_source
     cv: dict[str, Any] = {}
-    held_out = []
+    held_out, main_outcomes = [], []
     for protocol in [recipe.split.protocol] + (["text-neutral"] if recipe.split.protocol != "text-neutral" else []):
         per_seed = []
         for seed in range(seeds):
@@ -103,12 +127,18 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
             per_seed.append(_scores(preds, labels))
             if protocol == recipe.split.protocol:
                 held_out += preds
+                main_outcomes += outcomes
         if per_seed:
             cv[protocol] = {"source": source, "seeds": per_seed,
                             "weighted_f1": float(np.mean([s["weighted_f1"] for s in per_seed]))}
     calibration = calibration_of(held_out, labels)
     log.info("final: temperature %.3f fitted on %d held-out predictions (cross-fitted ECE %.3f -> %.3f)",
              calibration["temperature"], calibration["n"], calibration["ece_before"], calibration["ece_cross_fitted"])
+    if recipe.encoders.normalise == "speaker" and not recipe.encoders.finetune:
+        lone = calibration_of(corpus_normalised(recipe, utts, main_outcomes, inputs.data, source), labels)
+        calibration["corpus_normalised"] = lone
+        log.info("final: a lone clip (corpus statistics): temperature %.3f (cross-fitted ECE %.3f -> %.3f)",
+                 lone["temperature"], lone["ece_before"], lone["ece_cross_fitted"])
     everything = Fold(FINAL_FOLD, sorted(u.id for u in utts), [], [])
     run_folds(recipe, [everything], inputs.data, out_for=lambda f: out, encoders=inputs.encoders,
               progress=progress, input_arrays=inputs.input_arrays)

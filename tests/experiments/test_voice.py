@@ -99,10 +99,14 @@ def test_the_final_model_carries_its_calibration_card_and_speech_stage(voice_rec
     cal = meta["calibration"]
     assert cal["n"] == 64 and cal["temperature"] > 0 and 0 <= cal["ece_cross_fitted"] <= 1
     assert set(meta["cross_validation"]) == {"speaker-sentence", "text-neutral"}
+    # the same held-out clips re-scored as lone clips (corpus statistics): their own temperature
+    lone = cal["corpus_normalised"]
+    assert lone["n"] == 64 and lone["temperature"] > 0 and lone["nll_before"] != pytest.approx(cal["nll_before"])
     b = load_bundle(out)
     assert b.meta["final"] and b.meta["split"]["n_train"] == 64 and b.meta["split"]["fold"] == "all"
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "temperature" in card and "text-neutral" in card and "Licences" in card
+    assert f"temperature {lone['temperature']:.3f} of its own" in card
     stage = speech_stage_of(b)
     assert stage.view == "stats" and stage.normaliser.mode == "speaker"
     np.testing.assert_allclose(stage.normaliser.corpus_mean, b.input_arrays()["corpus_mean"])

@@ -296,3 +296,17 @@ def test_a_bundle_trained_on_cut_clips_is_served_with_its_margin(trained_bundle,
     assert Recognizer.from_pretrained(copy, trim_margin=-1).predictor.info["trim_margin"] is None
     # a bundle trained on clips as recorded keeps the service's default cut
     assert Recognizer.from_pretrained(trained_bundle).predictor.info["trim_margin"] == 0.25
+
+
+def test_a_bundle_with_a_lone_clip_temperature_sharpens_or_flattens_corpus_normalised_clips(trained_bundle, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "lone"
+    shutil.copytree(trained_bundle, copy)
+    meta = json.loads((copy / "bundle.json").read_text(encoding="utf-8"))
+    meta["calibration"] = {"temperature": 0.9, "corpus_normalised": {"temperature": 1.35}}
+    (copy / "bundle.json").write_text(json.dumps(meta), encoding="utf-8")
+    served = Recognizer.from_pretrained(copy).predictor
+    assert served.lone_power == pytest.approx(0.9 / 1.35) and served.info["temperature_lone_clip"] == 1.35
+    assert Recognizer.from_pretrained(trained_bundle).predictor.lone_power == 1.0  # one temperature: as before

@@ -135,3 +135,20 @@ def test_a_short_recording_is_cut_to_its_speech_before_the_encoders():
     out = p.predict(padded, normalise="none")
     assert seen == [int(1.5 * 16000)] and out["segments"][0]["start"] == 1.75
     assert out["duration"] == 5.0
+
+
+def test_a_clip_standardised_by_the_corpus_gets_the_lone_clip_temperature():
+    """softmax(z / T) raised to T / T_lone is softmax(z / T_lone): applied where the corpus
+    statistics stood in for the speaker's, never to a session that has its own."""
+    p, _ = make_predictor(min_clips=2)
+    p.lone_power = 0.5  # T_lone = 2 T: flatter
+    raw = np.array([0.4, 0.3, 0.2, 0.1])
+    want = np.sqrt(raw) / np.sqrt(raw).sum()
+    lone = p.predict(level(0.2), normalise="none")["probabilities"]
+    np.testing.assert_allclose([lone[k] for k in LABELS], want, rtol=1e-9)
+    alone_in_file = p.predict(level(0.2), normalise="file")["probabilities"]  # one utterance: corpus
+    np.testing.assert_allclose([alone_in_file[k] for k in LABELS], want, rtol=1e-9)
+    session = Session()
+    p.predict(level(0.2), session=session)
+    own = p.predict(level(0.3), session=session)["probabilities"]  # two clips: the speaker's own
+    np.testing.assert_allclose([own[k] for k in LABELS], raw, rtol=1e-9)
