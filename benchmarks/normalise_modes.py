@@ -18,7 +18,10 @@ trained them; one per seed) on their 100 test clips with the speech input groupe
 
 Weighted F1 on the service text (``eval.text``), mean ± sample standard deviation over seeds;
 beside it the ECE (15 bins) of the raw probabilities and their mean top probability (means over
-seeds): how far the confidence is from the accuracy when the normalisation changes.
+seeds): how far the confidence is from the accuracy when the normalisation changes; and the ECE
+after the temperature the service applies in that case, read from the shipped model (``--model``,
+default ``default``: ``calibration.temperature``, and for a lone clip
+``calibration.corpus_normalised.temperature`` where the bundle has one).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ MODES = ("speaker", "test set", "clip + corpus", "raw")
 def main() -> None:
     from textneutral import arguments, fold_bundles, scored
 
-    args = arguments(__doc__)
+    args = arguments(__doc__, {"--model": {"default": "default", "help": "the bundle whose temperatures are applied"}})
     import dataclasses
 
     from koemo.cliutil import recipe_from
@@ -55,6 +58,12 @@ def main() -> None:
     group_of = {"speaker": lambda u: u.speaker, "test set": lambda u: "<test set>",
                 "clip + corpus": lambda u: u.id, "raw": lambda u: u.id}
     views: dict[tuple, dict] = {}
+    from koemo.serving.loader import resolve_model
+
+    cal = bundles.read_meta(bundles.resolve_bundle(resolve_model(args.model)[0])).get("calibration") or {}
+    t_speaker = float(cal.get("temperature", 1.0))
+    t_of = {"speaker": t_speaker, "test set": t_speaker,
+            "clip + corpus": float((cal.get("corpus_normalised") or {}).get("temperature", t_speaker)), "raw": 1.0}
 
     def speech_of(mode: str, test_ids: frozenset) -> dict:
         if (mode, test_ids) not in views:
@@ -63,22 +72,23 @@ def main() -> None:
         return views[(mode, test_ids)]
 
     scores: dict[str, list[float]] = {m: [] for m in MODES}
-    calibration: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}  # (ECE, mean confidence)
+    calibration: dict[str, list[tuple]] = {m: [] for m in MODES}  # (ECE, mean confidence, ECE scaled)
     for seed, where in enumerate(fold_bundles(recipe, args.recipe, args.seeds)):
         b = bundles.load_bundle(where)
         test_ids = frozenset(p.id for p in bundles.read_predictions(where, source) or [])
         test = [u for u in utts if u.id in test_ids]
         _, text, _ = load_features(recipe, test, [source], progress=False)
         for mode in MODES:
-            got = scored(b, speech_of(mode, test_ids), text, test, source)
+            got = scored(b, speech_of(mode, test_ids), text, test, source, t_of[mode])
             scores[mode].append(got["weighted_f1"])
-            calibration[mode].append((got["ece"], got["confidence"]))
+            calibration[mode].append((got["ece"], got["confidence"], got["ece_t"]))
         print(f"seed {seed}: " + ", ".join(f"{m} {scores[m][-1]:.3f}" for m in MODES), flush=True)
-    print("\n| test-time normalisation | weighted F1 (text-neutral, %d seeds) | ECE (raw) | mean top probability |"
-          "\n|---|---:|---:|---:|" % args.seeds)
+    print("\n| test-time normalisation | weighted F1 (text-neutral, %d seeds) | ECE (raw) | mean top probability "
+          "| temperature in service | ECE (scaled) |\n|---|---:|---:|---:|---:|---:|" % args.seeds)
     for m in MODES:
-        ece, conf = np.mean(calibration[m], axis=0)
-        print(f"| {m} | {np.mean(scores[m]):.3f} ± {np.std(scores[m], ddof=1):.3f} | {ece:.3f} | {conf:.3f} |")
+        ece, conf, ece_t = np.mean(calibration[m], axis=0)
+        print(f"| {m} | {np.mean(scores[m]):.3f} ± {np.std(scores[m], ddof=1):.3f} | {ece:.3f} | {conf:.3f} "
+              f"| {t_of[m]:.3f} | {ece_t:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"weighted_f1": scores, "ece_confidence": calibration}, indent=1),
                                    encoding="utf-8")

@@ -79,12 +79,12 @@ def weighted_f1(bundle, speech, text, test, source: str) -> float:
     return scored(bundle, speech, text, test, source)["weighted_f1"]
 
 
-def scored(bundle, speech, text, test, source: str) -> dict[str, float]:
-    """``bundle``'s weighted F1, ECE (15 bins, raw probabilities) and mean top probability on the
-    clips ``test`` with these speech and text tables."""
+def scored(bundle, speech, text, test, source: str, temperature: float = 1.0) -> dict[str, float]:
+    """``bundle``'s weighted F1, ECE (15 bins, raw probabilities), mean top probability and ECE
+    after scaling by ``temperature`` on the clips ``test`` with these speech and text tables."""
     import numpy as np
 
-    from koemo.calibration import ece
+    from koemo.calibration import apply_temperature, ece
     from koemo.metrics import compute_metrics
     from koemo.training.data import FeatureData
     from koemo.training.trainer import predict_proba
@@ -94,4 +94,5 @@ def scored(bundle, speech, text, test, source: str) -> dict[str, float]:
     pred = [bundle.labels[int(p.argmax())] for p in probs]
     y = np.array([list(bundle.labels).index(u.label) for u in test])
     return {"weighted_f1": compute_metrics([u.label for u in test], pred, bundle.labels).weighted_f1,
-            "ece": float(ece(probs, y)), "confidence": float(probs.max(axis=1).mean())}
+            "ece": float(ece(probs, y)), "confidence": float(probs.max(axis=1).mean()),
+            "ece_t": float(ece(apply_temperature(probs, temperature), y))}

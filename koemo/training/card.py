@@ -79,6 +79,7 @@ def render(recipe: Recipe, meta: dict[str, Any]) -> str:
         f"ECE (15 bins) {cal.get('ece_before', float('nan')):.3f} before, {cal.get('ece_cross_fitted', float('nan')):.3f} "
         f"after (cross-fitted: each fold scaled by the temperature of the others); NLL "
         f"{cal.get('nll_before', float('nan')):.3f} -> {cal.get('nll_cross_fitted', float('nan')):.3f}",
+        *_by_protocol(cal),
         *_lone_line(cal.get("corpus_normalised")),
         "",
         "## Intended use and limits",
@@ -124,10 +125,18 @@ def write_card(out: str | Path, recipe: Recipe, meta: dict[str, Any]) -> Path:
     return path
 
 
+def _by_protocol(cal: dict) -> list[str]:
+    """Each protocol's share of the held-out predictions the temperature was fitted on."""
+    parts = [f"`{name}` {s['ece_before']:.3f} -> {s['ece_cross_fitted']:.3f} ({s['n']})"
+             for name, s in (cal.get("by_protocol") or {}).items()]
+    return [f"  - ECE by protocol, before -> after (predictions): {'; '.join(parts)}"] if parts else []
+
+
 def _lone_line(lone: dict | None) -> list[str]:
     """The second temperature, for a clip normalised by the corpus statistics (a lone clip)."""
     if not lone:
         return []
     return [f"- a lone clip (voice standardised by the training corpus's statistics, no session): temperature "
             f"{lone['temperature']:.3f} of its own, fitted on the same predictions re-scored that way; ECE "
-            f"{lone['ece_before']:.3f} before, {lone['ece_cross_fitted']:.3f} after (cross-fitted)"]
+            f"{lone['ece_before']:.3f} before, {lone['ece_cross_fitted']:.3f} after (cross-fitted)",
+            *_by_protocol(lone)]

@@ -6,9 +6,11 @@ The cross-validation runs the recipe's own protocol (``split``) for ``seeds`` se
 text-neutral protocol where the data has one; its fold bundles are those of ``koemo reproduce``
 (the recipe's model and training text under ``<cache>/reproduce/<recipe>/``), so a grid that ran
 them already (``make demo``'s) is read, not retrained, as is the final bundle on a re-run.
-The temperature is fitted on all held-out predictions of the service text; the card's ECE is
-*cross-fitted* (each fold's predictions scaled by the temperature of the other folds), so no
-prediction is calibrated on itself. With speaker normalisation a second temperature is fitted
+The temperature is fitted on all held-out predictions of the service text, of both protocols (the
+text-neutral one is the harder case, speech whose words carry no emotion, as on most other
+corpora; fitted on the main protocol alone the temperature sharpened the probabilities there and
+raised their ECE); the card's ECE is *cross-fitted* (each fold's predictions scaled by the
+temperature of the other folds), so no prediction is calibrated on itself. With speaker normalisation a second temperature is fitted
 the same way on those predictions re-scored with the corpus statistics (:func:`corpus_normalised`):
 the service uses it where a clip is too alone for its own.
 """
@@ -49,22 +51,31 @@ def _held_out(outcomes, source: str) -> list:
     return preds
 
 
-def calibration_of(preds: list, labels: list[str]) -> dict[str, Any]:
-    """Temperature fitted on ``preds`` and the cross-fitted scores before and after (see above)."""
+def calibration_of(preds: list, labels: list[str], protocols: list[str] | None = None) -> dict[str, Any]:
+    """Temperature fitted on ``preds`` and the cross-fitted scores before and after (see above);
+    with ``protocols`` (one per prediction) the scores of each protocol's share too."""
     from koemo.calibration import cross_fitted, ece, fit_temperature, nll
 
     index = {label: i for i, label in enumerate(labels)}
     probs = np.array([p.probs for p in preds], dtype=np.float64)
     y = np.array([index[p.label] for p in preds])
-    groups = [f"{p.seed}/{p.fold}" for p in preds]
+    tags = protocols or [""] * len(preds)
+    groups = [f"{t}/{p.seed}/{p.fold}" for t, p in zip(tags, preds)]
     scaled, _ = cross_fitted(probs, y, groups)
-    return {"temperature": fit_temperature(probs, y), "n": len(preds),
-            "ece_before": ece(probs, y), "nll_before": nll(probs, y),
-            "ece_cross_fitted": ece(scaled, y), "nll_cross_fitted": nll(scaled, y)}
+    out = {"temperature": fit_temperature(probs, y), "n": len(preds),
+           "ece_before": ece(probs, y), "nll_before": nll(probs, y),
+           "ece_cross_fitted": ece(scaled, y), "nll_cross_fitted": nll(scaled, y)}
+    if protocols:
+        out["by_protocol"] = {}
+        for tag in dict.fromkeys(protocols):
+            mine = np.array([t == tag for t in protocols])
+            out["by_protocol"][tag] = {"n": int(mine.sum()), "ece_before": ece(probs[mine], y[mine]),
+                                       "ece_cross_fitted": ece(scaled[mine], y[mine])}
+    return out
 
 
-def corpus_normalised(recipe: Recipe, utts, outcomes, data, source: str) -> list:
-    """The folds' held-out predictions again, each test clip's voice standardised by the corpus
+def corpus_normalised(recipe: Recipe, utts, outcomes, data, source: str) -> list[list]:
+    """Each fold's held-out predictions again, each test clip's voice standardised by the corpus
     statistics instead of its speaker's: what a lone clip (a request without a session,
     ``--normalise none``) gets in service. Its confidence differs from the speaker-normalised
     one (higher than its accuracy), so it gets its own temperature (docs/voice.md)."""
@@ -75,14 +86,13 @@ def corpus_normalised(recipe: Recipe, utts, outcomes, data, source: str) -> list
     frames, _, _ = load_features(recipe, utts, [], progress=False)
     alone = speech_input(recipe, frames, [dataclasses.replace(u, speaker=u.id) for u in utts])[0]
     lone = FeatureData(alone, data.text, data.labels, data.label_list)
-    preds = []
+    per_fold = []
     for o in outcomes:
         held = bundles.read_predictions(o.out, source) or []
-        if held:
-            probs = predict_proba(bundles.load_bundle(o.out).model, lone, [p.id for p in held], source)
-            preds += [dataclasses.replace(p, probs=[float(x) for x in q], pred=data.label_list[int(np.argmax(q))])
-                      for p, q in zip(held, probs)]
-    return preds
+        probs = predict_proba(bundles.load_bundle(o.out).model, lone, [p.id for p in held], source) if held else []
+        per_fold.append([dataclasses.replace(p, probs=[float(x) for x in q], pred=data.label_list[int(np.argmax(q))])
+                         for p, q in zip(held, probs)])
+    return per_fold
 
 
 def _scores(preds: list, labels: list[str]) -> dict[str, float]:
@@ -109,7 +119,7 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
     labels = inputs.data.label_list
     source = TrainingText.parse(recipe.train.text).service_source
     cv: dict[str, Any] = {}
-    held_out, main_outcomes = [], []
+    held_out, tags, scored_outcomes = [], [], []
     for protocol in [recipe.split.protocol] + (["text-neutral"] if recipe.split.protocol != "text-neutral" else []):
         per_seed = []
         for seed in range(seeds):
@@ -125,17 +135,22 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
                                  encoders=inputs.encoders, progress=progress, input_arrays=inputs.input_arrays)
             preds = _held_out(outcomes, source)
             per_seed.append(_scores(preds, labels))
-            if protocol == recipe.split.protocol:
-                held_out += preds
-                main_outcomes += outcomes
+            held_out += preds
+            tags += [protocol] * len(preds)
+            scored_outcomes += [(protocol, o) for o in outcomes]
         if per_seed:
             cv[protocol] = {"source": source, "seeds": per_seed,
                             "weighted_f1": float(np.mean([s["weighted_f1"] for s in per_seed]))}
-    calibration = calibration_of(held_out, labels)
+    calibration = calibration_of(held_out, labels, tags)
     log.info("final: temperature %.3f fitted on %d held-out predictions (cross-fitted ECE %.3f -> %.3f)",
              calibration["temperature"], calibration["n"], calibration["ece_before"], calibration["ece_cross_fitted"])
     if recipe.encoders.normalise == "speaker" and not recipe.encoders.finetune:
-        lone = calibration_of(corpus_normalised(recipe, utts, main_outcomes, inputs.data, source), labels)
+        lone_preds, lone_tags = [], []
+        for (protocol, _), got in zip(scored_outcomes, corpus_normalised(
+                recipe, utts, [o for _, o in scored_outcomes], inputs.data, source)):
+            lone_preds += got
+            lone_tags += [protocol] * len(got)
+        lone = calibration_of(lone_preds, labels, lone_tags)
         calibration["corpus_normalised"] = lone
         log.info("final: a lone clip (corpus statistics): temperature %.3f (cross-fitted ECE %.3f -> %.3f)",
                  lone["temperature"], lone["ece_before"], lone["ece_cross_fitted"])

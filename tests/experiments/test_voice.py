@@ -97,11 +97,13 @@ def test_the_final_model_carries_its_calibration_card_and_speech_stage(voice_rec
         final.run_folds = original
     assert trained == ["all"]  # the cross-validation is the grid's (same folds, same fingerprints)
     cal = meta["calibration"]
-    assert cal["n"] == 64 and cal["temperature"] > 0 and 0 <= cal["ece_cross_fitted"] <= 1
+    # fitted on the held-out predictions of both protocols (64 clips, and the 32 text-neutral tests)
+    assert cal["n"] == 96 and cal["temperature"] > 0 and 0 <= cal["ece_cross_fitted"] <= 1
+    assert {k: v["n"] for k, v in cal["by_protocol"].items()} == {"speaker-sentence": 64, "text-neutral": 32}
     assert set(meta["cross_validation"]) == {"speaker-sentence", "text-neutral"}
     # the same held-out clips re-scored as lone clips (corpus statistics): their own temperature
     lone = cal["corpus_normalised"]
-    assert lone["n"] == 64 and lone["temperature"] > 0 and lone["nll_before"] != pytest.approx(cal["nll_before"])
+    assert lone["n"] == 96 and lone["temperature"] > 0 and lone["nll_before"] != pytest.approx(cal["nll_before"])
     b = load_bundle(out)
     assert b.meta["final"] and b.meta["split"]["n_train"] == 64 and b.meta["split"]["fold"] == "all"
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
