@@ -57,6 +57,8 @@ class Prediction(BaseModel):
     contribution: Optional[Contribution] = None
     duration: float = Field(description="seconds of audio")
     timings: dict[str, float] = Field(description="seconds per stage: asr, speech_encoder, text_encoder, fusion, vad, decode, total")
+    warnings: list[str] = Field(default_factory=list, description="what makes this answer doubtful, e.g. an "
+                                "utterance with too little speech to judge; empty when nothing does")
 
 
 class AudioJSON(BaseModel):

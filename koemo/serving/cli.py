@@ -89,6 +89,8 @@ def predict(
             skips.skip(result)
             continue
         done += 1
+        for warning in result.warnings:
+            typer.echo(f"{path}: {warning}", err=True)
         if json_:
             sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
             sys.stdout.flush()

@@ -21,7 +21,7 @@ from koemo.data.audio import SAMPLE_RATE
 from koemo.errors import BadInputError, KoemoError
 from koemo.fusion.inputs import Moments, Normaliser, view
 from koemo.serving.limits import Limits
-from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans, trimmed_span
+from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans, too_short, trimmed_span
 from koemo.serving.sessions import NORMALISE_MODES, Session
 
 STAGES = ("asr", "speech_encoder", "text_encoder", "fusion")
@@ -110,7 +110,7 @@ class Predictor:
 
         Returns ``{transcript, probabilities{label: p}, label, segments[{start, end, transcript,
         label, probabilities, contribution}], contribution{audio, text}, timings{stage: s},
-        duration}``.
+        duration, warnings[str]}`` (``warnings``: utterances too short to judge).
         """
         mode = normalise or ("speaker" if session is not None else "file")
         if mode not in NORMALISE_MODES:
@@ -154,6 +154,7 @@ class Predictor:
             "contribution": contribution,
             "duration": round(duration, 3),
             "timings": {k: round(v, 4) for k, v in timings.items()},
+            "warnings": [w for w in (too_short(audio, span, self.segment_config) for span in spans) if w],
         }
 
     def observe(self, audio: np.ndarray, session: Session, *, name: str = "<audio>") -> None:

@@ -68,6 +68,7 @@ class Result:
     contribution: Optional[Contribution]
     duration: float
     timings: Mapping[str, float]
+    warnings: tuple[str, ...] = ()  # e.g. an utterance too short to judge
 
     @classmethod
     def from_dict(cls, file: str, d: Mapping[str, Any]) -> "Result":
@@ -81,12 +82,14 @@ class Result:
             for s in d["segments"]
         )
         return cls(file, d["label"], dict(d["probabilities"]), d["transcript"], segments,
-                   contrib(d.get("contribution")), float(d["duration"]), dict(d["timings"]))
+                   contrib(d.get("contribution")), float(d["duration"]), dict(d["timings"]),
+                   tuple(d.get("warnings") or ()))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, the same fields as a ``POST /v1/predict`` answer."""
         d = asdict(self)
         d["segments"] = list(d["segments"])
+        d["warnings"] = list(d["warnings"])
         return d
 
 

@@ -41,6 +41,10 @@ class SegmentConfig:
     # frames within trim_range_db of its loudest one (trimmed_span); None keeps it whole.
     trim_margin_s: float | None = 0.25
     trim_range_db: float = 40.0
+    # An utterance with less speech than this (s; its frames within trim_range_db of its loudest)
+    # is flagged "too short to judge": Whisper makes up a sentence for a 0.3 s clip, and the head
+    # answers with confidence (the paper drops clips under 0.5 s from its data).
+    min_speech_s: float = 0.5
 
 
 _lock = threading.Lock()
@@ -141,3 +145,13 @@ def cut(audio: np.ndarray, span: Span) -> np.ndarray:
     first = max(0, int(round(span.start * SAMPLE_RATE)))
     last = min(len(audio), int(round(span.end * SAMPLE_RATE)))
     return audio[first:last]
+
+
+def too_short(audio: np.ndarray, span: Span, config: SegmentConfig = SegmentConfig()) -> str | None:
+    """A warning when the utterance ``span`` of ``audio`` holds less speech than
+    ``config.min_speech_s``, else None."""
+    start, end = speech_bounds(cut(audio, span), 0.0, config.trim_range_db)
+    if end - start >= config.min_speech_s:
+        return None
+    return (f"{span.start:.2f}-{span.end:.2f} s: {end - start:.2f} s of speech, too short to judge "
+            f"(under {config.min_speech_s:g} s); the label is a guess")

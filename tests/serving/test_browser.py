@@ -69,6 +69,7 @@ def test_upload_shows_label_bars_timeline_and_contribution(browser, live_server,
     assert [s.get_attribute("data-label") for s in segs] == [s["label"] for s in expected["segments"]]
     contribution = browser.find_element(By.ID, "contribution").text
     assert "audio" in contribution and "text" in contribution
+    assert not expected["warnings"] and not browser.find_element(By.ID, "warnings").is_displayed()
 
     shot = tmp_path / "koemo-page.png"
     browser.save_screenshot(str(shot))
@@ -78,6 +79,15 @@ def test_upload_shows_label_bars_timeline_and_contribution(browser, live_server,
         keep = Path(os.environ["KOEMO_TEST_OUTPUT"])
         keep.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, keep / shot.name)
+    # a clip with too little speech: answered, and the page says the answer is a guess
+    import numpy as np
+    import soundfile as sf
+
+    audio, sr = sf.read(clip, dtype="float32")
+    short = tmp_path / "short.wav"
+    sf.write(short, np.concatenate([np.zeros(sr // 2, np.float32), audio[sr: sr + sr // 4]]), sr)
+    browser.find_element(By.ID, "file").send_keys(str(short))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "warnings"), "too short to judge"))
 
 
 def test_bad_upload_shows_the_error(browser, live_server, tmp_path):

@@ -44,7 +44,8 @@ class FakePredictor:
                "probabilities": d, "contribution": {"audio": 0.75, "text": 0.25}}
         return {"transcript": "안녕", "probabilities": d, "label": seg["label"], "segments": [seg],
                 "contribution": {"audio": 0.75, "text": 0.25}, "duration": len(audio) / 16000,
-                "timings": {"asr": 0.1, "total": 0.2}}
+                "timings": {"asr": 0.1, "total": 0.2},
+                "warnings": ["0.00-1.00 s: 0.20 s of speech, too short to judge"] if len(audio) < 16000 else []}
 
     def describe(self):
         return {"labels": list(LABELS)}
@@ -145,6 +146,11 @@ def test_result_round_trips_to_the_service_json():
     d = r.to_dict()
     assert d == {"file": "x", **body}
     assert Result.from_dict("x", {**body, "contribution": None}).contribution is None
+    short = Result.from_dict("x", FakePredictor().predict(tone(0.5), name="x"))
+    assert short.warnings == ("0.00-1.00 s: 0.20 s of speech, too short to judge",)
+    assert short.to_dict()["warnings"] == list(short.warnings)
+    body.pop("warnings")  # an answer from before the field: none
+    assert Result.from_dict("x", body).warnings == ()
 
 
 def test_from_pretrained_names_what_it_cannot_find(tmp_path, monkeypatch):
@@ -310,3 +316,21 @@ def test_a_bundle_with_a_lone_clip_temperature_sharpens_or_flattens_corpus_norma
     served = Recognizer.from_pretrained(copy).predictor
     assert served.lone_power == pytest.approx(0.9 / 1.35) and served.info["temperature_lone_clip"] == 1.35
     assert Recognizer.from_pretrained(trained_bundle).predictor.lone_power == 1.0  # one temperature: as before
+
+
+def test_predict_prints_a_files_warnings_on_stderr(tmp_path, monkeypatch):
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from koemo.cli import app
+
+    short, long_ = tmp_path / "short.wav", tmp_path / "long.wav"
+    sf.write(short, tone(0.5), 16000)
+    sf.write(long_, tone(2.0), 16000)
+    monkeypatch.setattr(Recognizer, "from_pretrained", staticmethod(lambda *a, **kw: Recognizer(FakePredictor())))
+    out = CliRunner().invoke(app, ["predict", str(short), str(long_), "--json"])
+    assert out.exit_code == 0, out.output
+    assert out.stderr.strip() == f"{short}: 0.00-1.00 s: 0.20 s of speech, too short to judge"
+    import json
+
+    assert sorted(len(json.loads(line)["warnings"]) for line in out.stdout.splitlines()) == [0, 1]

@@ -152,3 +152,19 @@ def test_a_clip_standardised_by_the_corpus_gets_the_lone_clip_temperature():
     p.predict(level(0.2), session=session)
     own = p.predict(level(0.3), session=session)["probabilities"]  # two clips: the speaker's own
     np.testing.assert_allclose([own[k] for k in LABELS], raw, rtol=1e-9)
+
+
+def test_an_utterance_with_too_little_speech_is_flagged_not_refused():
+    """Whisper makes up a sentence for a 0.3 s clip and the head answers anyway: the answer says so."""
+    p, _ = make_predictor()
+    rng = np.random.default_rng(1)
+
+    def tone(speech_s: float) -> np.ndarray:
+        floor = rng.normal(0, 1e-4, 8000).astype(np.float32)
+        speech = (0.3 * np.sin(2 * np.pi * 180 * np.arange(int(speech_s * 16000)) / 16000)).astype(np.float32)
+        return np.concatenate([floor, speech, floor])
+
+    short = p.predict(tone(0.3), normalise="none")
+    assert len(short["warnings"]) == 1 and "0.30 s of speech, too short to judge (under 0.5 s)" in short["warnings"][0]
+    assert short["label"] in LABELS  # still answered
+    assert p.predict(tone(0.6), normalise="none")["warnings"] == []

@@ -87,6 +87,9 @@ function show(res) {
   $("result-label").style.color = color(res.label);
   $("result-prob").textContent = pct(res.probabilities[res.label]);
   $("transcript").textContent = res.transcript || "(no words recognised)";
+  const warnings = $("warnings");
+  warnings.replaceChildren(...(res.warnings || []).map((w) => el("li", {}, w)));
+  warnings.hidden = !(res.warnings || []).length;
 
   const bars = $("bars");
   bars.replaceChildren();
