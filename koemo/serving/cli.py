@@ -46,8 +46,10 @@ def predict(
     segment_over: float = typer.Option(15.0, "--segment-over", help="Cut recordings longer than this (s) into utterances by voice activity."),
     normalise: str = typer.Option("speaker", "--normalise", help="For a model trained with speaker normalisation: "
                                   "speaker = the files of this call are one speaker/session (their voice statistics "
-                                  "normalise each one); file = each recording by its own utterances; none = the "
-                                  "training corpus's statistics. Too few clips fall back to the corpus."),
+                                  "normalise each one); folder = the files of each directory are one speaker (a corpus "
+                                  "laid out one speaker to a folder, never one emotion to a folder); file = each "
+                                  "recording by its own utterances; none = the training corpus's statistics. Too few "
+                                  "clips fall back to the corpus."),
     runtime: str = RuntimeOpt,
     shared_pass: bool = SharedPassOpt,
     trim_margin: Optional[float] = TrimOpt,
@@ -57,7 +59,7 @@ def predict(
     The loop is :meth:`koemo.Recognizer.iter_batch`, so the command and the Python API agree."""
     from koemo.errors import KoemoError, SkipLog
     from koemo.serving.recognizer import Recognizer
-    from koemo.serving.sessions import NORMALISE_MODES
+    from koemo.serving.sessions import BATCH_NORMALISE_MODES
 
     files = []
     for target in targets:
@@ -67,8 +69,8 @@ def predict(
         if not found:
             raise KoemoError(f"{target}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) found")
         files.extend(found)
-    if normalise not in NORMALISE_MODES:
-        raise KoemoError(f"--normalise {normalise!r}: use one of {', '.join(NORMALISE_MODES)}")
+    if normalise not in BATCH_NORMALISE_MODES:
+        raise KoemoError(f"--normalise {normalise!r}: use one of {', '.join(BATCH_NORMALISE_MODES)}")
     rec = Recognizer.from_pretrained(str(model) if model is not None else "default", asr=asr, runtime=runtime,
                                      segment_over=segment_over, shared_pass=shared_pass, trim_margin=trim_margin)
     skips = SkipLog("files")

@@ -26,7 +26,7 @@ import numpy as np
 from koemo.errors import BadInputError, KoemoError
 from koemo.paths import NAMED_MODELS, named_bundle_dir
 from koemo.serving.limits import Limits
-from koemo.serving.sessions import NORMALISE_MODES, Session
+from koemo.serving.sessions import BATCH_NORMALISE_MODES, Session
 
 PathLike = Union[str, Path]
 
@@ -176,18 +176,23 @@ class Recognizer:
     def iter_batch(self, paths: Iterable[PathLike], *, normalise: str = "speaker",
                    errors: str = "raise") -> Iterator[tuple[str, Union[Result, BadInputError]]]:
         """``(path, Result)`` per file as each is done; with ``errors="skip"`` a bad file yields
-        ``(path, BadInputError)`` and the batch goes on. The loop ``koemo predict`` runs."""
+        ``(path, BadInputError)`` and the batch goes on. The loop ``koemo predict`` runs.
+
+        ``normalise``: as :meth:`predict`, where ``speaker`` takes every file of the batch as one
+        speaker; ``folder`` takes the files of each directory as one (a corpus laid out one speaker
+        to a folder; never one emotion to a folder, whose emotion the normalisation would remove)."""
         if errors not in ("raise", "skip"):
             raise KoemoError(f"errors={errors!r}: use 'raise' or 'skip'")
-        if normalise not in NORMALISE_MODES:
-            raise KoemoError(f"normalise={normalise!r}: use one of {', '.join(NORMALISE_MODES)}")
+        if normalise not in BATCH_NORMALISE_MODES:
+            raise KoemoError(f"normalise={normalise!r}: use one of {', '.join(BATCH_NORMALISE_MODES)}")
         files = [str(p) for p in paths]
         failed: dict[str, BadInputError] = {}
-        session = None
-        if normalise == "speaker" and self.predictor.speech_stage.normaliser is not None:
-            # first pass: every file's voice statistics, so each file is normalised by all of them
-            session = Session()
+        sessions: dict[str, Session] = {}
+        group_of = (lambda path: str(Path(path).parent)) if normalise == "folder" else (lambda path: "")
+        if normalise in ("speaker", "folder") and self.predictor.speech_stage.normaliser is not None:
+            # first pass: every file's voice statistics, so each file is normalised by its group's
             for path in files:
+                session = sessions.setdefault(group_of(path), Session())
                 try:
                     self.predictor.observe(read_file(path), session, name=path)
                 except BadInputError as e:
@@ -199,8 +204,9 @@ class Recognizer:
                 yield path, failed[path]
                 continue
             try:
-                result = self.predictor.predict(read_file(path), name=path, session=session,
-                                                normalise=normalise, update_session=False)
+                result = self.predictor.predict(read_file(path), name=path, session=sessions.get(group_of(path)),
+                                                normalise="speaker" if normalise == "folder" else normalise,
+                                                update_session=False)
             except BadInputError as e:
                 if errors == "raise":
                     raise

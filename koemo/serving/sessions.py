@@ -17,6 +17,9 @@ from koemo.fusion.inputs import Moments
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 NORMALISE_MODES = ("speaker", "file", "none")
+#: a batch of files (``koemo predict``, :meth:`koemo.Recognizer.iter_batch`) may also group them
+#: by their folder: one session per directory, for corpora laid out one speaker to a folder
+BATCH_NORMALISE_MODES = NORMALISE_MODES + ("folder",)
 
 
 class Session:

@@ -123,6 +123,25 @@ def test_predict_batch_observes_every_file_before_predicting_any(tmp_path):
     assert [c[0] for c in fake.calls] == ["predict"] * 3 and all(c[4] is None for c in fake.calls)
 
 
+def test_predict_batch_by_folder_gives_each_directory_its_own_session(tmp_path):
+    paths = []
+    for i, folder in enumerate(("spk-a", "spk-b", "spk-a", "spk-b", "spk-b")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        paths.append(tmp_path / folder / f"{i}.wav")
+        sf.write(paths[-1], tone(1.2, seed=i), 16000)
+    fake = FakePredictor(normalises=True)
+    Recognizer(fake).predict_batch(paths, normalise="folder")
+    predicted = [c for c in fake.calls if c[0] == "predict"]
+    assert [c[0] for c in fake.calls] == ["observe"] * 5 + ["predict"] * 5
+    by_folder = {Path(c[1]).parent.name: c[4] for c in predicted}
+    assert by_folder["spk-a"] is not by_folder["spk-b"]
+    assert all(c[4] is by_folder[Path(c[1]).parent.name] for c in predicted)  # each file its folder's
+    assert (by_folder["spk-a"].add_count, by_folder["spk-b"].add_count) == (2, 3)
+    assert {c[3] for c in predicted} == {"speaker"} and all(c[5] is False for c in predicted)
+    with pytest.raises(KoemoError, match="use one of speaker, file, none, folder"):
+        Recognizer(fake).predict_batch(paths, normalise="room")
+
+
 def test_predict_batch_skips_or_raises_on_a_bad_file(tmp_path):
     good = tmp_path / "good.wav"
     sf.write(good, tone(1.0), 16000)
