@@ -66,15 +66,13 @@ class Edges:
 
 
 def main() -> None:
-    from textneutral import arguments, test_set, weighted_f1
+    from textneutral import arguments, shifted_input, test_set, weighted_f1
 
     from koemo.serving.segment import SegmentConfig
 
     args = arguments(__doc__, {"--margin": {"type": float, "default": SegmentConfig().trim_margin_s,
                                             "help": "the service cut's margin (s)"}})
     import dataclasses
-
-    from koemo.training.features import speech_input
 
     ts = test_set(args)
     recipe, source, utts, frames, store, settings = ts.recipe, ts.source, ts.utts, ts.frames, ts.store, ts.settings
@@ -91,7 +89,7 @@ def main() -> None:
             scores[row] = {m: [] for m in MODES}
             for mode in MODES:
                 regrouped = [dataclasses.replace(u, speaker=group_of[mode](u)) if u.id in test_ids else u for u in utts]
-                view = speech_input(recipe, shifted, regrouped)[0]
+                view = shifted_input(recipe, frames, shifted, regrouped)
                 scores[row][mode] = [weighted_f1(b, view, text, test, source) for b in models]
             print(f"{row}: " + ", ".join(f"{m} {np.mean(scores[row][m]):.3f}" for m in MODES), flush=True)
     print(f"\n| edges of the test clips | {' | '.join(MODES)} |\n|---|" + "---:|" * len(MODES))
