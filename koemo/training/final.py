@@ -10,9 +10,10 @@ The temperature is fitted on all held-out predictions of the service text, of bo
 text-neutral one is the harder case, speech whose words carry no emotion, as on most other
 corpora; fitted on the main protocol alone the temperature sharpened the probabilities there and
 raised their ECE); the card's ECE is *cross-fitted* (each fold's predictions scaled by the
-temperature of the other folds), so no prediction is calibrated on itself. With speaker normalisation a second temperature is fitted
-the same way on those predictions re-scored with the corpus statistics (:func:`corpus_normalised`):
-the service uses it where a clip is too alone for its own.
+temperature of the other folds), so no prediction is calibrated on itself. With speaker
+normalisation a second temperature is fitted the same way on those predictions re-scored with
+the corpus statistics (:func:`corpus_normalised`): the service applies it where a clip has no
+group large enough for statistics of its own.
 """
 
 from __future__ import annotations
