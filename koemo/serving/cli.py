@@ -49,7 +49,8 @@ def predict(
                                   "normalise each one); folder = the files of each directory are one speaker (a corpus "
                                   "laid out one speaker to a folder, never one emotion to a folder); file = each "
                                   "recording by its own utterances; none = the training corpus's statistics. Too few "
-                                  "clips fall back to the corpus."),
+                                  "clips fall back to the corpus. A group must mix emotions: one holding a single "
+                                  "emotion is normalised towards neutral (use none for it)."),
     runtime: str = RuntimeOpt,
     shared_pass: bool = SharedPassOpt,
     trim_margin: Optional[float] = TrimOpt,
