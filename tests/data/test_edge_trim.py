@@ -92,3 +92,15 @@ def test_the_margin_leaves_old_fingerprints_alone_and_changes_new_ones():
     assert _fingerprint(cfg, fold, "data", 1) == _fingerprint(old, fold, "data", 1)  # grids stay cached
     cut = {**cfg, "encoders": {**cfg["encoders"], "trim_margin": 0.25}}
     assert _fingerprint(cut, fold, "data", 1) != _fingerprint(cfg, fold, "data", 1)
+
+
+def test_the_range_decides_what_counts_as_speech_in_service_and_training():
+    from koemo.serving.segment import SegmentConfig, trimmed_span
+
+    loud = (0.3 * np.sin(2 * np.pi * 180 * np.arange(SR) / SR)).astype(np.float32)
+    audio = np.concatenate([loud, loud * np.float32(10 ** (-30 / 20)), np.zeros(SR, np.float32)])  # a -30 dB tail
+    assert speech_bounds(audio, 0.0, 40.0) == (0.0, 2.0)  # within 40 dB: speech
+    assert speech_bounds(audio, 0.0, 20.0) == (0.0, 1.0)  # not within 20 dB
+    span = trimmed_span(audio, SegmentConfig(trim_margin_s=0.0, trim_range_db=20.0))
+    assert (span.start, span.end) == (0.0, 1.0)
+    assert EdgeTrim(0.0, range_db=20.0)(None, audio).size == SR
