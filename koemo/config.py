@@ -142,6 +142,10 @@ class TrainConfig:
     # its own weights, optimiser state, batches and draws (koemo.training.stacked); folds with a
     # validation set, bf16, several processes or end-to-end encoders train one at a time
     stack_folds: bool = True
+    # `koemo train --final` only: overrides (as --set takes them) of a second head trained into
+    # the bundle's `lone/` and used for a clip normalised by the corpus statistics (no session),
+    # e.g. ["augment.copies=1", "augment.noise=babble"]; [] = one head (koemo.training.final)
+    lone_head: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -311,6 +315,11 @@ def apply_overrides(values: dict, overrides: Sequence[str]) -> dict:
                 raise KoemoError(f"override '{item}': {part} is not a section")
         node[parts[-1]] = parsed
     return values
+
+
+def with_overrides(config: T, overrides: Sequence[str]) -> T:
+    """A copy of ``config`` with ``section.key=value`` overrides applied (as ``--set`` takes them)."""
+    return _from_dict(type(config), apply_overrides(to_dict(config), overrides))
 
 
 def _merge(base: dict, over: dict) -> dict:

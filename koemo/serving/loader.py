@@ -223,6 +223,7 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
     )
     predictor.joint = shared.joint if shared is not None else None
     predictor.lone_power = temperature / lone_temperature
+    _add_lone_head(predictor, path, bundle.labels, runtime)
     if enc.get("prosody"):
         from koemo.encoders.prosody import prosody_stage
 
@@ -233,6 +234,30 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
     predictor.segment_config = with_trim(predictor.segment_config, trim_margin)
     predictor.info["trim_margin"] = predictor.segment_config.trim_margin_s
     return predictor
+
+
+def _add_lone_head(predictor: Predictor, path: Path, labels, runtime: str) -> None:
+    """The bundle's second head for lone clips (``lone/``, ``train.lone_head``), with the
+    temperature fitted for it, where there is one (torch runtime only: the ONNX export is of the
+    first head, which then serves lone clips with its own lone temperature)."""
+    where = path / bundles.LONE_HEAD
+    predictor.info["lone_head"] = None
+    if not (where / bundles.META).is_file():
+        return
+    if runtime != "torch":
+        log.warning("%s: the lone-clip head runs on the torch runtime only; --runtime %s serves lone clips "
+                    "with the first head", where, runtime)
+        return
+    lone = bundles.load_bundle(where)
+    if list(lone.labels) != list(labels):
+        raise KoemoError(f"{where}: the lone-clip head predicts {', '.join(lone.labels)}, the bundle "
+                         f"{', '.join(labels)}")
+    if speech_stage_of(lone).view != predictor.speech_stage.view:
+        raise KoemoError(f"{where}: the lone-clip head reads another speech input than the bundle")
+    t = float(((lone.meta.get("calibration") or {}).get("corpus_normalised") or {}).get("temperature", 1.0))
+    predictor.classify_lone = fusion_classifier(lone.model, temperature=t)
+    predictor.info["lone_head"] = str(where)
+    predictor.info["temperature_lone_clip"] = t
 
 
 def _speech_runtime(name: str, runtime: str) -> dict:

@@ -76,6 +76,9 @@ class Predictor:
     # this power and renormalised: T / T_lone, the bundle's two temperatures (koemo.training.final),
     # which turns softmax(z / T) into softmax(z / T_lone).
     lone_power: float = 1.0
+    # A second head for those clips (the bundle's lone/, train.lone_head), with its own temperature
+    # applied; where set it replaces ``classify`` and ``lone_power`` for them.
+    classify_lone: Classifier | None = None
     # Models that keep state between calls (or are not thread-safe) run under this lock when set.
     serial: bool = False
     # Run the speech encoder in a helper thread while ASR and the text encoder run.
@@ -130,9 +133,11 @@ class Predictor:
                 # update_session=False: the session already holds this recording (observe() first)
                 group = session.add(group) if update_session else (session.moments or group)
         segments = []
-        power = self.lone_power if self.speech_stage.uses_corpus(group) else 1.0
+        lone = self.speech_stage.uses_corpus(group)
+        classify = self.classify_lone if lone and self.classify_lone is not None else self.classify
+        power = self.lone_power if lone and self.classify_lone is None else 1.0
         for span, (transcript, frames, text) in zip(spans, encoded):
-            seg = self._classify(transcript, self.speech_stage(frames, group), text, timings, power)
+            seg = self._classify(transcript, self.speech_stage(frames, group), text, timings, power, classify)
             segments.append({"start": span.start, "end": span.end, **seg})
 
         weights = np.array([max(s["end"] - s["start"], 1e-3) for s in segments])
@@ -209,12 +214,14 @@ class Predictor:
             timings[stage] += dt
         return transcript, speech, text
 
-    def _classify(self, transcript: str, speech, text, timings: dict[str, float], power: float = 1.0) -> dict[str, Any]:
+    def _classify(self, transcript: str, speech, text, timings: dict[str, float], power: float = 1.0,
+                  classify: Classifier | None = None) -> dict[str, Any]:
+        classify = classify or self.classify
         if self.serial:
             with self._lock:
-                (probs, contribution), t_fusion = _timed(self.classify, speech, text)
+                (probs, contribution), t_fusion = _timed(classify, speech, text)
         else:
-            (probs, contribution), t_fusion = _timed(self.classify, speech, text)
+            (probs, contribution), t_fusion = _timed(classify, speech, text)
         timings["fusion"] += t_fusion
         probs = np.asarray(probs, dtype=np.float64).reshape(-1)
         if probs.shape[0] != len(self.labels) or not np.all(np.isfinite(probs)):

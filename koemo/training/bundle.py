@@ -57,6 +57,7 @@ CONFIG = "config.yaml"
 RESUME = "resume.pt"
 PREDICTIONS = "predictions"
 INPUTS = "inputs.safetensors"
+LONE_HEAD = "lone"  # a second bundle inside a final one: the head for lone clips (train.lone_head)
 ONNX = "fusion.onnx"  # koemo export (koemo.serving.export); sidecar: ONNX + ".json"
 ONNX_INT8 = "fusion.int8.onnx"
 

@@ -81,6 +81,7 @@ def render(recipe: Recipe, meta: dict[str, Any]) -> str:
         f"{cal.get('nll_before', float('nan')):.3f} -> {cal.get('nll_cross_fitted', float('nan')):.3f}",
         *_by_protocol(cal),
         *_lone_line(cal.get("corpus_normalised")),
+        *_lone_head_line(meta.get("lone_head")),
         "",
         "## Intended use and limits",
         "- Research and prototyping of emotion-aware Korean voice services (call centres, AI speakers): "
@@ -138,5 +139,19 @@ def _lone_line(lone: dict | None) -> list[str]:
         return []
     return [f"- a lone clip (voice standardised by the training corpus's statistics, no session): temperature "
             f"{lone['temperature']:.3f} of its own, fitted on the same predictions re-scored that way; ECE "
-            f"{lone['ece_before']:.3f} before, {lone['ece_cross_fitted']:.3f} after (cross-fitted)",
+            f"{lone['ece_before']:.3f} before, {lone['ece_cross_fitted']:.3f} after (cross-fitted)"
+            + (f"; weighted F1 as a lone clip: {_f1s(lone['weighted_f1'])}" if lone.get("weighted_f1") else ""),
             *_by_protocol(lone)]
+
+
+def _f1s(by_protocol: dict) -> str:
+    return ", ".join(f"`{name}` {f1:.3f}" for name, f1 in by_protocol.items())
+
+
+def _lone_head_line(head: dict | None) -> list[str]:
+    """The second head (``train.lone_head``), which serves the lone clips in place of this one."""
+    if not head:
+        return []
+    return [f"- a lone clip is classified by a second head (`lone/`, trained with "
+            f"{', '.join(f'`{o}`' for o in head['overrides'])}): weighted F1 as a lone clip "
+            f"{_f1s(head['weighted_f1'])}, temperature {head['temperature']:.3f}"]

@@ -110,6 +110,9 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
     if recipe.split.valid != "none":
         raise KoemoError("koemo train --final trains on every clip for train.epochs; use a recipe with "
                          "split.valid: none, so that its cross-validation ran the same way")
+    if recipe.train.lone_head and (recipe.encoders.normalise != "speaker" or recipe.encoders.finetune):
+        raise KoemoError("train.lone_head serves clips the corpus statistics normalise: it needs "
+                         "encoders.normalise: speaker (and frozen encoders)")
     out = Path(out)
     # the canonical training text (cr:B -> cr:asr:B): the grid's folds have the same fingerprint
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(
@@ -152,6 +155,8 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
             lone_preds += got
             lone_tags += [protocol] * len(got)
         lone = calibration_of(lone_preds, labels, lone_tags)
+        lone["weighted_f1"] = {t: _scores([p for p, tag in zip(lone_preds, lone_tags) if tag == t], labels)["weighted_f1"]
+                               for t in dict.fromkeys(lone_tags)}  # pooled over the seeds
         calibration["corpus_normalised"] = lone
         log.info("final: a lone clip (corpus statistics): temperature %.3f (cross-fitted ECE %.3f -> %.3f)",
                  lone["temperature"], lone["ece_before"], lone["ece_cross_fitted"])
@@ -161,8 +166,34 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
     meta = bundles.read_meta(out)
     meta.update({"calibration": calibration, "cross_validation": cv, "final": True,
                  "trained_on": {"manifest": str(manifest), "clips": len(utts)}})
+    if recipe.train.lone_head:
+        meta["lone_head"] = _lone_head(recipe, out, data_dir=data_dir, seeds=seeds, progress=progress)
     bundles.update_meta(out, meta)
     from koemo.training.card import write_card
 
     write_card(out, recipe, meta)
     return meta
+
+
+def lone_recipe(recipe: Recipe) -> Recipe:
+    """The recipe of the second head (``train.lone_head``): the recipe with those overrides, its
+    own name and runs directory (its folds must not land on the first head's), no third head."""
+    from koemo.config import with_overrides
+
+    runs = recipe.eval.runs_dir
+    return with_overrides(recipe, [*recipe.train.lone_head, f"name={recipe.name}-lone", "train.lone_head=[]",
+                                   f"eval.runs_dir={str(Path(runs) / 'lone') if runs else 'null'}"])
+
+
+def _lone_head(recipe: Recipe, out: Path, **kw) -> dict[str, Any]:
+    """Train the head for lone clips into ``out/lone`` (cross-validated and calibrated like the
+    first: its lone-clip temperature is the one the service applies with it). Why a second head:
+    a lone clip is normalised by the studio corpus's statistics, so a new channel moves its
+    input, and training on noisy, re-levelled copies helps it (+11-21 points under reverb, babble,
+    a lower level) but costs 3-5 points where a session normalises the channel away
+    (docs/voice.md, "Speech recorded elsewhere"); with two heads each case gets its own."""
+    sub = lone_recipe(recipe)
+    got = train_final(sub, out / bundles.LONE_HEAD, **kw)
+    lone = got["calibration"].get("corpus_normalised") or {}
+    return {"overrides": list(recipe.train.lone_head), "temperature": lone.get("temperature", 1.0),
+            "weighted_f1": lone.get("weighted_f1", {})}

@@ -113,7 +113,8 @@ def stack_refusal(recipe: Recipe, fold: Fold, world: int = 1) -> str | None:
 
 def _fingerprint(cfg: dict, fold: Fold, data_hash: str, world: int) -> str:
     cfg = json.loads(json.dumps(cfg))
-    for key in ("epochs", "early_stopping", "device", "checkpoint_every"):  # may change between a run and its resume
+    # may change between a run and its resume; lone_head: a second model koemo train --final trains
+    for key in ("epochs", "early_stopping", "device", "checkpoint_every", "lone_head"):
         cfg.get("train", {}).pop(key, None)
     for (section, key), neutral in FINGERPRINT_NEUTRAL.items():
         if key is None:  # a whole section added later

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from koemo.config import Recipe, load_config
+from koemo.errors import KoemoError
 from koemo.experiments.reproduce import reproduce
 from tests.experiments.test_reproduce import FREQS, LABELS, WORDS, BandEnergy, CharHash  # noqa: F401 (register)
 
@@ -117,7 +118,6 @@ def test_the_final_model_carries_its_calibration_card_and_speech_stage(voice_rec
     assert again["calibration"] == cal
     assert json.loads((out / "bundle.json").read_text())["calibration"]["temperature"] == cal["temperature"]
     bad = load_config(Recipe, None, ["split.valid=holdout"])
-    from koemo.errors import KoemoError
 
     with pytest.raises(KoemoError, match="split.valid: none"):
         train_final(bad, tmp_path / "x", progress=False)
@@ -138,3 +138,29 @@ def test_the_card_reports_the_seeds_mean_ece_and_each_licence_once():
     row = next(line for line in card.splitlines() if line.startswith("| speaker-sentence"))
     assert row.endswith("| 0.040 |") and "(0.800, 0.900)" in row
     assert card.count("Whisper base (OpenAI): MIT") == 1 and "Gemma Terms of Use" in card
+
+
+def test_the_final_model_trains_a_second_head_for_lone_clips_in_its_own_runs(voice_recipe, tmp_path):
+    import dataclasses
+
+    from koemo.training.final import lone_recipe, train_final
+
+    recipe = dataclasses.replace(voice_recipe, train=dataclasses.replace(
+        voice_recipe.train, lone_head=["augment.copies=1", "augment.volume_db=[-6,6]"]))
+    recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, runs_dir=str(tmp_path / "runs")))
+    sub = lone_recipe(recipe)
+    assert (sub.name, sub.augment.copies, sub.train.lone_head) == ("voice-lone", 1, [])
+    assert sub.eval.runs_dir == str(tmp_path / "runs" / "lone")
+    meta = train_final(recipe, tmp_path / "final", progress=False)
+    head = meta["lone_head"]
+    assert head["overrides"] == recipe.train.lone_head and head["temperature"] > 0
+    assert set(head["weighted_f1"]) == {"speaker-sentence", "text-neutral"}
+    assert (tmp_path / "final" / "lone" / "bundle.json").is_file()
+    assert any((tmp_path / "runs" / "lone").rglob("bundle.json"))  # its folds beside, not over, the first's
+    lone_meta = json.loads((tmp_path / "final" / "lone" / "bundle.json").read_text())
+    assert lone_meta["calibration"]["corpus_normalised"]["temperature"] == head["temperature"]
+    card = (tmp_path / "final" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "second head (`lone/`, trained with `augment.copies=1`, `augment.volume_db=[-6,6]`)" in card
+    with pytest.raises(KoemoError, match="encoders.normalise: speaker"):
+        train_final(dataclasses.replace(recipe, encoders=dataclasses.replace(recipe.encoders, normalise="none")),
+                    tmp_path / "x", progress=False)

@@ -353,3 +353,32 @@ def test_predict_prints_a_files_warnings_on_stderr(tmp_path, monkeypatch):
     import json
 
     assert sorted(len(json.loads(line)["warnings"]) for line in out.stdout.splitlines()) == [0, 1]
+
+
+def test_a_bundle_with_a_lone_head_serves_lone_clips_with_it(trained_bundle, clip, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "two-heads"
+    shutil.copytree(trained_bundle, copy)
+    shutil.copytree(trained_bundle, copy / "lone")
+    meta = json.loads((copy / "lone" / "bundle.json").read_text(encoding="utf-8"))
+    meta["calibration"] = {"temperature": 1.0, "corpus_normalised": {"temperature": 2.5}}
+    (copy / "lone" / "bundle.json").write_text(json.dumps(meta), encoding="utf-8")
+    served = Recognizer.from_pretrained(copy).predictor
+    assert served.classify_lone is not None and served.info["lone_head"] == str(copy / "lone")
+    assert served.info["temperature_lone_clip"] == 2.5
+    plain = Recognizer.from_pretrained(trained_bundle).predictor
+    assert plain.classify_lone is None and plain.info["lone_head"] is None
+    # the same weights at temperature 2.5: the second head's distribution is the first's, flatter
+    from koemo.data.audio import load_audio
+
+    speech = served.speech_stage(served.speech_encoder(load_audio(clip)), None)
+    text = served.text_encoder("시험이 코앞인데")
+    first, second = served.classify(speech, text)[0], served.classify_lone(speech, text)[0]
+    np.testing.assert_allclose(second, np.exp(np.log(first) / 2.5) / np.exp(np.log(first) / 2.5).sum(), rtol=1e-6)
+    labels = json.loads((copy / "lone" / "bundle.json").read_text(encoding="utf-8"))
+    labels["labels"] = list(reversed(labels["labels"]))
+    (copy / "lone" / "bundle.json").write_text(json.dumps(labels), encoding="utf-8")
+    with pytest.raises(KoemoError, match="lone-clip head predicts"):
+        Recognizer.from_pretrained(copy)

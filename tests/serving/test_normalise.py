@@ -168,3 +168,22 @@ def test_an_utterance_with_too_little_speech_is_flagged_not_refused():
     assert len(short["warnings"]) == 1 and "0.30 s of speech, too short to judge (under 0.5 s)" in short["warnings"][0]
     assert short["label"] in LABELS  # still answered
     assert p.predict(tone(0.6), normalise="none")["warnings"] == []
+
+
+def test_a_second_head_answers_for_the_clips_the_corpus_normalises():
+    p, first = make_predictor(min_clips=2)
+    p.lone_power = 0.5  # ignored where a lone head brings its own temperature
+    answers = []
+
+    def second(speech, text):
+        answers.append(np.asarray(speech))
+        return np.array([0.1, 0.1, 0.1, 0.7]), None
+
+    p.classify_lone = second
+    out = p.predict(level(0.2), normalise="none")
+    assert out["label"] == "angry" and out["probabilities"]["angry"] == pytest.approx(0.7) and len(answers) == 1
+    session = Session()
+    p.predict(level(0.2), session=session)  # one clip: still the corpus's statistics, the second head
+    own = p.predict(level(0.3), session=session)  # two: the speaker's own, the first head
+    assert len(answers) == 2 and own["label"] == "neutral" and own["probabilities"]["neutral"] == pytest.approx(0.4)
+    assert len(first.seen) == 1
