@@ -177,12 +177,15 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
 
 def lone_recipe(recipe: Recipe) -> Recipe:
     """The recipe of the second head (``train.lone_head``): the recipe with those overrides, its
-    own name and runs directory (its folds must not land on the first head's), no third head."""
+    own name and runs directory (its folds must not land on the first head's), the first's
+    manifest (with its transcripts), no third head."""
     from koemo.config import with_overrides
+    from koemo.data.prepare import manifest_path
 
     runs = recipe.eval.runs_dir
     return with_overrides(recipe, [*recipe.train.lone_head, f"name={recipe.name}-lone", "train.lone_head=[]",
-                                   f"eval.runs_dir={str(Path(runs) / 'lone') if runs else 'null'}"])
+                                   f"eval.runs_dir={str(Path(runs) / 'lone') if runs else 'null'}",
+                                   f"data.manifest={manifest_path(recipe)}"])
 
 
 def _lone_head(recipe: Recipe, out: Path, **kw) -> dict[str, Any]:

@@ -151,6 +151,9 @@ def test_the_final_model_trains_a_second_head_for_lone_clips_in_its_own_runs(voi
     sub = lone_recipe(recipe)
     assert (sub.name, sub.augment.copies, sub.train.lone_head) == ("voice-lone", 1, [])
     assert sub.eval.runs_dir == str(tmp_path / "runs" / "lone")
+    from koemo.data.prepare import manifest_path
+
+    assert manifest_path(sub) == manifest_path(recipe)  # the first head's clips and transcripts
     meta = train_final(recipe, tmp_path / "final", progress=False)
     head = meta["lone_head"]
     assert head["overrides"] == recipe.train.lone_head and head["temperature"] > 0
