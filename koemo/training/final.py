@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,11 @@ def train_final(recipe: Recipe, out: str | Path, *, data_dir: str | None = None,
                  "trained_on": {"manifest": str(manifest), "clips": len(utts)}})
     if recipe.train.lone_head:
         meta["lone_head"] = _lone_head(recipe, out, data_dir=data_dir, seeds=seeds, progress=progress)
+    else:  # a head left by an earlier recipe would still be served
+        meta.pop("lone_head", None)
+        if (out / bundles.LONE_HEAD).exists():
+            log.info("final: %s removed (this recipe has no train.lone_head)", out / bundles.LONE_HEAD)
+            shutil.rmtree(out / bundles.LONE_HEAD)
     bundles.update_meta(out, meta)
     from koemo.training.card import write_card
 

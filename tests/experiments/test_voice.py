@@ -164,6 +164,9 @@ def test_the_final_model_trains_a_second_head_for_lone_clips_in_its_own_runs(voi
     assert lone_meta["calibration"]["corpus_normalised"]["temperature"] == head["temperature"]
     card = (tmp_path / "final" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "second head (`lone/`, trained with `augment.copies=1`, `augment.volume_db=[-6,6]`)" in card
+    # the same bundle re-made by a recipe without a second head: the old one is not left to serve
+    again = train_final(voice_recipe, tmp_path / "final", progress=False)
+    assert "lone_head" not in again and not (tmp_path / "final" / "lone").exists()
     with pytest.raises(KoemoError, match="encoders.normalise: speaker"):
         train_final(dataclasses.replace(recipe, encoders=dataclasses.replace(recipe.encoders, normalise="none")),
                     tmp_path / "x", progress=False)
