@@ -198,8 +198,8 @@ def _lone_head(recipe: Recipe, out: Path, **kw) -> dict[str, Any]:
     """Train the head for lone clips into ``out/lone`` (cross-validated and calibrated like the
     first: its lone-clip temperature is the one the service applies with it). Why a second head:
     a lone clip is normalised by the studio corpus's statistics, so a new channel moves its
-    input, and training on noisy, re-levelled copies helps it (+11-21 points under reverb, babble,
-    a lower level) but costs 3-5 points where a session normalises the channel away
+    input, and training on noisy, re-levelled copies helps it (one copy: +9-24 points under
+    reverb, babble, a lower level) but costs 3-5 points where a session normalises the channel away
     (docs/voice.md, "Speech recorded elsewhere"); with two heads each case gets its own."""
     sub = lone_recipe(recipe)
     got = train_final(sub, out / bundles.LONE_HEAD, **kw)
