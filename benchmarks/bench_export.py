@@ -84,7 +84,7 @@ def main() -> int:
         fusion_classifier,
         speech_stage_of,
     )
-    from koemo.training.bundle import WEIGHTS, load_bundle, resolve_bundle
+    from koemo.training.bundle import WEIGHTS, load_bundle, resolve_bundle, temperatures
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the shipped one)")
@@ -106,7 +106,7 @@ def main() -> int:
     frames = 1 if stage.view == "stats" else math.ceil(args.seconds * FRAMES_PER_S / max(stage.pool, 1))
     x = ex.random_inputs(model, 1, frames, args.tokens, np.random.default_rng(0))
     speech, text = x["audio"][0], x["text"][0]
-    temperature = float((bundle.meta.get("calibration") or {}).get("temperature", 1.0))
+    temperature = temperatures(bundle.meta)[0]
 
     with scratch as tmp:
         exports = {}

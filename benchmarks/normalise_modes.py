@@ -60,10 +60,8 @@ def main() -> None:
     views: dict[tuple, dict] = {}
     from koemo.serving.loader import resolve_model
 
-    cal = bundles.read_meta(bundles.resolve_bundle(resolve_model(args.model)[0])).get("calibration") or {}
-    t_speaker = float(cal.get("temperature", 1.0))
-    t_of = {"speaker": t_speaker, "test set": t_speaker,
-            "clip + corpus": float((cal.get("corpus_normalised") or {}).get("temperature", t_speaker)), "raw": 1.0}
+    t_speaker, t_lone = bundles.temperatures(bundles.read_meta(bundles.resolve_bundle(resolve_model(args.model)[0])))
+    t_of = {"speaker": t_speaker, "test set": t_speaker, "clip + corpus": t_lone, "raw": 1.0}
 
     def speech_of(mode: str, test_ids: frozenset) -> dict:
         if (mode, test_ids) not in views:

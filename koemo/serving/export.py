@@ -283,7 +283,7 @@ def export_bundle(bundle: bundles.Bundle, out: Path, int8: bool = False) -> Expo
             "fusion": fusion, "labels": bundle.labels, "inputs": list(INPUTS), "output": OUTPUT,
             "audio_shape": ["batch", "frames", *input_shapes(model)[0]],
             "text_shape": ["batch", "tokens", input_shapes(model)[1]],
-            "temperature": float((meta.get("calibration") or {}).get("temperature", 1.0)),
+            "temperature": bundles.temperatures(meta)[0],
             "speech_input": ((meta.get("encoders") or {}).get("speech") or {}).get("input") or {},
             "opset": OPSET, "int8": int8, "check": {"metric": metric, "max_diff": diff, "tolerance": tol,
                                                      "argmax_agree": agree, "checks": checks},

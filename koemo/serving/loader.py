@@ -192,9 +192,7 @@ def load_predictor(path: str | Path | None, *, asr: str | None = None, limits: L
             log.warning("%s: trained with %s encoder %s, the installed one is %s", path, kind, recorded_id, _safe_id(encoder))
     asr_name = asr or bundle_asr(meta, config)
     stage = speech_stage_of(bundle)
-    calibration = meta.get("calibration") or {}
-    temperature = float(calibration.get("temperature", 1.0))
-    lone_temperature = float((calibration.get("corpus_normalised") or {}).get("temperature", temperature))
+    temperature, lone_temperature = bundles.temperatures(meta)
     info = {
         "bundle": str(path),
         "fusion": (meta.get("model") or {}).get("fusion", ""),
@@ -254,7 +252,7 @@ def _add_lone_head(predictor: Predictor, path: Path, labels, runtime: str) -> No
                          f"{', '.join(labels)}")
     if speech_stage_of(lone).view != predictor.speech_stage.view:
         raise KoemoError(f"{where}: the lone-clip head reads another speech input than the bundle")
-    t = float(((lone.meta.get("calibration") or {}).get("corpus_normalised") or {}).get("temperature", 1.0))
+    t = bundles.temperatures(lone.meta)[1]
     predictor.classify_lone = fusion_classifier(lone.model, temperature=t)
     predictor.info["lone_head"] = str(where)
     predictor.info["temperature_lone_clip"] = t

@@ -62,6 +62,15 @@ ONNX = "fusion.onnx"  # koemo export (koemo.serving.export); sidecar: ONNX + ".j
 ONNX_INT8 = "fusion.int8.onnx"
 
 
+def temperatures(meta: dict) -> tuple[float, float]:
+    """``(T, T_lone)`` from a bundle's meta: the calibration temperature of a speaker-normalised
+    clip and of a clip the corpus statistics normalise (``koemo train --final``); a bundle without
+    them: 1.0, and T for T_lone."""
+    cal = meta.get("calibration") or {}
+    t = float(cal.get("temperature", 1.0))
+    return t, float((cal.get("corpus_normalised") or {}).get("temperature", t))
+
+
 # ---------------------------------------------------------------------------------------------
 # atomic directories
 
