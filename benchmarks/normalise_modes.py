@@ -19,9 +19,11 @@ trained them; one per seed) on their 100 test clips with the speech input groupe
 Weighted F1 on the service text (``eval.text``), mean ± sample standard deviation over seeds;
 beside it the ECE (15 bins) of the raw probabilities and their mean top probability (means over
 seeds): how far the confidence is from the accuracy when the normalisation changes; and the ECE
-after the temperature the service applies in that case, read from the shipped model (``--model``,
+after the first head's temperature for that case, read from the shipped model (``--model``,
 default ``default``: ``calibration.temperature``, and for a lone clip
-``calibration.corpus_normalised.temperature`` where the bundle has one).
+``calibration.corpus_normalised.temperature``). A bundle with a second head for lone clips
+(``lone/``) serves them with that head and its own temperature instead: its lone-clip scores
+are in its card.
 """
 
 from __future__ import annotations
