@@ -64,20 +64,11 @@ def shifted_input(recipe, clean: dict, shifted: dict, utts: list) -> dict:
     """The head's speech input of ``shifted`` frames (test clips re-encoded under a transform)
     grouped by ``utts``' speakers, where a group too small for its own statistics (a lone clip)
     gets the corpus statistics of the *clean* frames: what the bundle stores and the service
-    applies (``koemo.training.features.speech_input`` on the shifted table would count the shifted
-    test clips into the corpus statistics, softening the shift for a lone clip)."""
-    import numpy as np
+    applies (the shifted table's own would count the shifted test clips in, softening the shift
+    for a lone clip)."""
+    from koemo.training.features import speech_input
 
-    from koemo.fusion.inputs import Moments, Normaliser, group_views
-    from koemo.fusion.registry import speech_view
-
-    enc = recipe.encoders
-    kind = speech_view(recipe.model)
-    normaliser = Normaliser.fit(enc.normalise, Moments.sum(Moments.of(a) for a in clean.values()),
-                                enc.normalise_min_clips)
-    view = group_views([shifted], {u.id: u.speaker or u.id for u in utts}, kind, normaliser,
-                       enc.speech_pool if kind == "frames" else 1)[0]
-    return {u: v.astype(np.float16) for u, v in view.items()}
+    return speech_input(recipe, shifted, utts, corpus=clean)[0]
 
 
 def fold_bundles(recipe, recipe_name: str, seeds: int) -> list[Path]:

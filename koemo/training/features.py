@@ -128,11 +128,14 @@ def mixed_groups(speakers: Mapping[str, str], k: int, seed: int) -> dict[str, st
 
 
 def speech_input(recipe: Recipe, frames: Mapping[str, np.ndarray], utts: Sequence[Utterance],
-                 copies: Sequence[Mapping[str, np.ndarray]] = ()
+                 copies: Sequence[Mapping[str, np.ndarray]] = (), corpus: Mapping[str, np.ndarray] | None = None
                  ) -> tuple[Mapping[str, np.ndarray], list[Mapping[str, np.ndarray]], SpeechInput]:
     """The recipe's fusion's view of ``frames`` (``{utt id: [T, (L,) D]}``) and of its augmented
     ``copies`` (frame-masked by ``augment.frame_mask``), each speaker's clips standardised by the
-    speaker's statistics (from the clean frames) when ``encoders.normalise`` is ``speaker``."""
+    speaker's statistics (from the clean frames) when ``encoders.normalise`` is ``speaker``.
+    ``corpus``: the frames whose statistics a group too small for its own gets (default:
+    ``frames``; a benchmark that re-encodes test clips under a channel passes the clean ones, as
+    the bundle stores them)."""
     from koemo.fusion.inputs import Moments, Normaliser, group_views
     from koemo.fusion.registry import speech_view
     from koemo.training.augment import masked_copies
@@ -141,8 +144,8 @@ def speech_input(recipe: Recipe, frames: Mapping[str, np.ndarray], utts: Sequenc
     kind = speech_view(recipe.model)
     normaliser = None
     if enc.normalise != "none":
-        corpus = Moments.sum(Moments.of(a) for a in frames.values())
-        normaliser = Normaliser.fit(enc.normalise, corpus, enc.normalise_min_clips)
+        moments = Moments.sum(Moments.of(a) for a in (frames if corpus is None else corpus).values())
+        normaliser = Normaliser.fit(enc.normalise, moments, enc.normalise_min_clips)
     pool = enc.speech_pool if kind == "frames" else 1
     if pool < 1:
         raise KoemoError(f"encoders.speech_pool={pool} must be 1 (every frame) or more")
