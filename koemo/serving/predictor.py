@@ -214,9 +214,8 @@ class Predictor:
             timings[stage] += dt
         return transcript, speech, text
 
-    def _classify(self, transcript: str, speech, text, timings: dict[str, float], power: float = 1.0,
-                  classify: Classifier | None = None) -> dict[str, Any]:
-        classify = classify or self.classify
+    def _classify(self, transcript: str, speech, text, timings: dict[str, float], power: float,
+                  classify: Classifier) -> dict[str, Any]:
         if self.serial:
             with self._lock:
                 (probs, contribution), t_fusion = _timed(classify, speech, text)
