@@ -382,3 +382,13 @@ def test_a_bundle_with_a_lone_head_serves_lone_clips_with_it(trained_bundle, cli
     (copy / "lone" / "bundle.json").write_text(json.dumps(labels), encoding="utf-8")
     with pytest.raises(KoemoError, match="lone-clip head predicts"):
         Recognizer.from_pretrained(copy)
+    labels["labels"] = list(reversed(labels["labels"]))  # the labels back, another speech input
+    from koemo.serving.loader import speech_stage_of
+    from koemo.training.bundle import load_bundle
+
+    first_view = speech_stage_of(load_bundle(copy)).view
+    labels.setdefault("encoders", {}).setdefault("speech", {})["input"] = {
+        "view": "frames" if first_view == "stats" else "stats"}
+    (copy / "lone" / "bundle.json").write_text(json.dumps(labels), encoding="utf-8")
+    with pytest.raises(KoemoError, match="lone-clip head reads another speech input than the bundle"):
+        Recognizer.from_pretrained(copy)
