@@ -157,6 +157,9 @@ class AugmentConfig:
     snr: list[float] = field(default_factory=lambda: [5.0, 20.0])  # dB range of the noise
     speed: list[float] | None = None  # e.g. [0.9, 1.1]
     volume_db: list[float] | None = None  # e.g. [-6, 6]
+    # share of copies passed through a random recording channel (a microphone/line response, and
+    # a room half the time: koemo.data.channel), after the noise; 0 = off
+    channel: float = 0.0
     frame_mask: float = 0.0  # share of each copy's frames left out
     # 1: one more copy of each clip normalised by the training corpus's statistics instead of its
     # speaker's (encoders.normalise: speaker only), so the model also learns the input a request

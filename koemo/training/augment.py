@@ -8,6 +8,9 @@ of every clip, each drawn from ``(seed, clip id, copy)`` so a re-run gives the s
   (:mod:`koemo.asr.noise`, the same mixer the ASR noise conditions use);
 - ``speed``: a tempo-and-pitch factor drawn from the range (resampling, as Kaldi's speed
   perturbation);
+- ``channel``: the share of copies passed through a random recording channel after the noise
+  (a microphone or line response, and a room half the time: :mod:`koemo.data.channel`), so
+  that the mic and room colour the speech and the noise alike;
 - ``volume_db``: a gain drawn from the range;
 - ``frame_mask``: the share of a copy's frames left out (at random) of the statistics a pooled
   head reads, or zeroed for a sequence head.
@@ -49,7 +52,7 @@ class AudioTransform:
     def key(self) -> str:
         c = self.cfg
         return (f"aug|copy={self.copy}|seed={c.seed}|noise={c.noise}:{list(c.snr)}|speed={c.speed}"
-                f"|volume={c.volume_db}")
+                f"|volume={c.volume_db}" + (f"|channel={c.channel}" if c.channel else ""))
 
     def __call__(self, utt: Utterance, audio: np.ndarray) -> np.ndarray:
         c = self.cfg
@@ -64,6 +67,12 @@ class AudioTransform:
             snr = float(_rng(c.seed, utt.id, self.copy, "snr").uniform(*c.snr))
             seed = zlib.crc32(f"{c.seed}|{self.copy}".encode()) % (2**31)
             out = NoiseMaker(NoiseCondition(c.noise, snr, seed), self.pool).apply(utt, out)
+        if c.channel:
+            rng = _rng(c.seed, utt.id, self.copy, "channel")
+            if rng.random() < c.channel:
+                from koemo.data.channel import random_channel
+
+                out = random_channel(out, rng)
         if c.volume_db:
             gain = float(_rng(c.seed, utt.id, self.copy, "volume").uniform(*c.volume_db))
             out = out * np.float32(10 ** (gain / 20))
@@ -76,14 +85,16 @@ class AudioTransform:
 def check(cfg: AugmentConfig) -> None:
     if cfg.copies < 0 or not 0.0 <= cfg.frame_mask < 1.0:
         raise KoemoError("augment.copies must be >= 0 and augment.frame_mask in [0, 1)")
+    if not 0.0 <= cfg.channel <= 1.0:
+        raise KoemoError(f"augment.channel is the share of copies given a random channel, in [0, 1]; got {cfg.channel}")
     for name in ("snr", "speed", "volume_db"):
         rng = getattr(cfg, name)
         if rng is not None and (len(rng) != 2 or rng[0] > rng[1]):
             raise KoemoError(f"augment.{name} must be [low, high], got {rng}")
     if cfg.speed is not None and cfg.speed[0] <= 0:
         raise KoemoError(f"augment.speed must be positive, got {cfg.speed}")
-    if cfg.copies and not (cfg.noise or cfg.speed or cfg.volume_db or cfg.frame_mask):
-        raise KoemoError("augment.copies > 0 needs a transform: noise, speed, volume_db or frame_mask")
+    if cfg.copies and not (cfg.noise or cfg.speed or cfg.volume_db or cfg.channel or cfg.frame_mask):
+        raise KoemoError("augment.copies > 0 needs a transform: noise, speed, volume_db, channel or frame_mask")
     if cfg.corpus_normalised not in (0, 1):
         raise KoemoError(f"augment.corpus_normalised must be 0 or 1, got {cfg.corpus_normalised}")
     if cfg.mixed_groups < 0:

@@ -86,7 +86,7 @@ FINGERPRINT_NEUTRAL = {
     ("model", "pooling"): "mean", ("encoders", "speech_pool"): 1,
     ("augment", None): to_dict(AugmentConfig()), ("train", "stack_folds"): False,
     ("augment", "mixed_groups"): 0, ("asr", "shared_pass"): False, ("encoders", "speech_window"): "30s",
-    ("encoders", "prosody"): False, ("encoders", "trim_margin"): None,
+    ("encoders", "prosody"): False, ("encoders", "trim_margin"): None, ("augment", "channel"): 0.0,
 }
 
 

@@ -140,3 +140,36 @@ def test_a_bad_group_size_is_refused_word_for_word_and_the_card_names_the_views(
     assert _augment(recipe) == ("a copy normalised by the corpus statistics, "
                                 "a copy normalised by random groups of 3 speakers")
     assert _augment(from_dict(Recipe, {})) == "none"
+
+
+def test_a_channel_copy_is_reproducible_keyed_and_refused_out_of_range():
+    audio = tone(2.0)
+    t = AudioTransform(AugmentConfig(copies=1, channel=1.0), 0)
+    coloured = t(UTT, audio)
+    np.testing.assert_array_equal(coloured, t(UTT, audio))
+    assert not np.allclose(coloured, audio) and coloured.size == audio.size
+    np.testing.assert_array_equal(AudioTransform(AugmentConfig(copies=1, channel=0.0, volume_db=[0.0, 0.0]), 0)(UTT, audio),
+                                  audio)  # off: untouched
+    # the store keys it apart, and a recipe without it keeps the key its copies had before
+    assert "channel=1.0" in t.key and "channel" not in AudioTransform(AugmentConfig(copies=1, noise="white"), 0).key
+    check(AugmentConfig(copies=1, channel=0.5))  # a transform on its own
+    with pytest.raises(KoemoError, match="augment.channel"):
+        check(AugmentConfig(copies=1, channel=1.5))
+
+
+def test_the_channel_switch_leaves_old_fingerprints_alone_and_changes_new_ones():
+    """A recipe with augmentation but no channel trains under the fingerprint it had before the
+    field existed (its cached grid stays valid); with a channel it is another run."""
+    import dataclasses
+
+    from koemo.config import Recipe
+    from koemo.data.splits import Fold
+    from koemo.training.trainer import _fingerprint
+
+    fold = Fold("f", ["a"], [], ["b"])
+    cfg = dataclasses.asdict(Recipe())
+    cfg["augment"].update(mixed_groups=3, copies=1, noise="babble")
+    old = {**cfg, "augment": {k: v for k, v in cfg["augment"].items() if k != "channel"}}
+    assert _fingerprint(cfg, fold, "data", 1) == _fingerprint(old, fold, "data", 1)
+    coloured = {**cfg, "augment": {**cfg["augment"], "channel": 1.0}}
+    assert _fingerprint(coloured, fold, "data", 1) != _fingerprint(cfg, fold, "data", 1)
