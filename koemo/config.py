@@ -128,6 +128,9 @@ class TrainConfig:
     text_dropout: float = 0.0
     audio_dropout: float = 0.0
     early_stopping: int = 0  # patience in epochs; 0 = off
+    # constant | cosine: the learning rate of epoch e is lr * (1 + cos(pi e / epochs)) / 2, so the
+    # last epochs take small steps (a run without validation keeps its last epoch's weights)
+    lr_schedule: str = "constant"
     cr_lambda: float = 1.0
     cr_ce_path: str = "gold"  # which path gets the cross-entropy: gold | stt
     cr_kl: str = "gold||stt"  # KL direction: "gold||stt" = KL(p_gold || p_stt), or "stt||gold"

@@ -40,7 +40,7 @@ from koemo.training.data import AbsentModality, FeatureData
 from koemo.training.distributed import to_device
 from koemo.training.losses import ce_per_example, cr_per_example
 from koemo.training.steps import blank_modalities
-from koemo.training.trainer import FoldPlan, TrainResult, _FoldRun, _state_copy, epoch_seed
+from koemo.training.trainer import FoldPlan, TrainResult, _check_settings, _FoldRun, _state_copy, epoch_seed, lr_at
 
 log = logging.getLogger("koemo")
 
@@ -141,6 +141,7 @@ class _Stack:
         torch.manual_seed(seed)  # dropout layers: one generator for the stack
         gens = [torch.Generator().manual_seed(seed) for _ in runs]  # the trainer's draws, per fold
         self.base.train()
+        self.optim.lr = lr_at(tc, epoch)
         sums = [{"loss": 0.0, "ce": 0.0, "kl": 0.0} for _ in runs]
         steps = max((len(o) + tc.batch_size - 1) // tc.batch_size for o in orders)
         for s in range(steps):
@@ -213,6 +214,7 @@ def train_stacked(
     from koemo.fusion.base import reads_text_means
     from koemo.fusion.registry import FUSIONS
 
+    _check_settings(recipe.train)
     results: list[TrainResult] = []
     start = 0
     text_means = reads_text_means(FUSIONS.get(recipe.model.fusion))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,20 @@ FINGERPRINT_NEUTRAL = {
     ("augment", None): to_dict(AugmentConfig()), ("train", "stack_folds"): False,
     ("augment", "mixed_groups"): 0, ("asr", "shared_pass"): False, ("encoders", "speech_window"): "30s",
     ("encoders", "prosody"): False, ("encoders", "trim_margin"): None, ("augment", "channel"): 0.0,
+    ("train", "lr_schedule"): "constant",
 }
+
+
+#: train.lr_schedule's choices
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(tc, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based) under ``train.lr_schedule``: one-fold and stacked
+    training set it at the start of every epoch, so a resumed run continues the same curve."""
+    if tc.lr_schedule == "cosine" and tc.epochs > 0:
+        return tc.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / tc.epochs))
+    return tc.lr
 
 
 #: the fold of a model trained on every clip (no validation, no test)
@@ -197,6 +211,8 @@ def _check_settings(tc) -> None:
     if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 0 or tc.checkpoint_every < 0:
         raise KoemoError("train.batch_size and train.grad_accum must be >= 1, train.epochs and "
                          "train.checkpoint_every >= 0")
+    if tc.lr_schedule not in LR_SCHEDULES:
+        raise KoemoError(f"train.lr_schedule={tc.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
     autocast(tc.device, tc.precision)  # refuses an unknown precision before any work
 
 
@@ -315,6 +331,8 @@ class _FoldRun:
         order = self.order(epoch)
         torch.manual_seed(epoch_seed(tc.seed, epoch, self.rank))  # dropout, per epoch and rank
         self.net.train()
+        for group in self.optim.param_groups:
+            group["lr"] = lr_at(tc, epoch)
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
         steps = (len(fold.train) + tc.batch_size - 1) // tc.batch_size
         bar = tqdm(total=steps, desc=f"{fold.name} epoch {epoch + 1}/{tc.epochs}",

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from koemo.data.splits import Fold
+from koemo.errors import KoemoError
 from koemo.training import stacked as stacked_mod
 from koemo.training.data import FeatureData, pad
 from koemo.training.run import run_folds
@@ -200,3 +201,30 @@ def test_train_fold_trains_alone_under_the_fingerprint_of_a_fold_alone(tmp_path)
     assert len(res.history) == 2 and "stacked_folds" not in meta
     assert meta["fingerprint"] == plan_fold(recipe, fold, data, stack=False).fingerprint
     assert meta["fingerprint"] != plan_fold(recipe, fold, data).fingerprint
+
+
+def test_a_cosine_schedule_trains_stacked_as_alone_and_differs_from_a_constant_rate():
+    """train.lr_schedule=cosine: both trainers step each epoch at lr * (1 + cos(pi e / E)) / 2
+    (the same weights stacked and alone), and that is not what a constant rate learns."""
+    from koemo.training.trainer import lr_at
+
+    data = _data(copies=False)
+    folds = _folds(data.labels)[:2]
+    runs = {}
+    for stack, schedule in ((False, "cosine"), (True, "cosine"), (True, "constant")):
+        r = make_recipe(fusion="linear", text="gold", epochs=4, weight_decay=0.01, lr_schedule=schedule)
+        r.model.standardise, r.split.valid, r.train.stack_folds = True, "none", stack
+        runs[stack, schedule] = run_folds(r, folds, data, out_for=lambda f: None, progress=False)
+    for a, b, c in zip(runs[False, "cosine"], runs[True, "cosine"], runs[True, "constant"]):
+        for k, v in _weights(a.result.model).items():
+            torch.testing.assert_close(_weights(b.result.model)[k], v, rtol=1e-4, atol=1e-5)
+        assert max((_weights(c.result.model)[k] - v).abs().max().item() for k, v in _weights(a.result.model).items()) > 1e-3
+    tc = make_recipe(lr_schedule="cosine", epochs=4).train
+    assert [lr_at(tc, e) / tc.lr for e in range(4)] == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
+    tc.lr_schedule = "constant"
+    assert lr_at(tc, 3) == tc.lr
+    for stack in (False, True):  # refused by both trainers before any work
+        r = make_recipe(fusion="linear", lr_schedule="linear")
+        r.split.valid, r.train.stack_folds = "none", stack
+        with pytest.raises(KoemoError, match="train.lr_schedule='linear'"):
+            run_folds(r, folds, data, out_for=lambda f: None, progress=False)
