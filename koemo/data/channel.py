@@ -3,8 +3,10 @@
 Corpora differ in microphones, lines and rooms as much as in speakers. A session's clips are
 standardised together, which removes most of a channel's fixed colouring (docs/voice.md); a lone
 clip is standardised by the studio corpus's statistics and meets the channel raw. Training
-copies passed through :func:`random_channel` (``augment.channel``) show a model voices it has
-heard through channels it has not.
+copies passed through :func:`random_channel` (``augment.channel``) let a model hear the voices
+of its corpus through channels the corpus lacks. Measured on the second head's copy, not
+shipped: better under a room or phone line, worse on clean, babble and quieter speech
+(docs/voice.md).
 
 Each draw comes from the caller's generator, so a copy is the same on every run. The
 transforms keep the clip's length and its RMS level (the level is ``augment.volume_db``'s).
