@@ -215,17 +215,26 @@ class FusionModel(nn.Module):
     def prepare(self, audio, audio_mask, text, text_mask):
         """What every entry point does before ``embed``: inputs standardised, layers mixed, empty
         rows fixed, speech frames pooled. Returns (audio, audio_mask, text, text_mask)."""
+        return (*self.prepare_speech(audio, audio_mask), *self.prepare_text(text, text_mask))
+
+    def prepare_speech(self, audio, audio_mask):
+        """:meth:`prepare`'s speech half: standardised, layers mixed, frames pooled."""
+        if self.standardised:
+            audio = (audio - self.audio_mean) / self.audio_sd
+        if self.layer_mix is not None:
+            audio = self.layer_mix(audio)
+        return pool_frames(audio, fix_empty(audio_mask), self.audio_pool)
+
+    def prepare_text(self, text, text_mask):
+        """:meth:`prepare`'s text half: averaged first for a head that reads the mean only,
+        standardised, empty rows fixed."""
         if self.text_mean_only and text.shape[1] != 1:
             text_mask = fix_empty(text_mask)
             text = masked_mean(text, text_mask).unsqueeze(1)
             text_mask = torch.ones_like(text_mask[:, :1])
         if self.standardised:
-            audio = (audio - self.audio_mean) / self.audio_sd
             text = (text - self.text_mean) / self.text_sd
-        if self.layer_mix is not None:
-            audio = self.layer_mix(audio)
-        audio, audio_mask = pool_frames(audio, fix_empty(audio_mask), self.audio_pool)
-        return audio, audio_mask, text, fix_empty(text_mask)
+        return text, fix_empty(text_mask)
 
     def forward(self, audio: torch.Tensor, audio_mask: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor) -> torch.Tensor:

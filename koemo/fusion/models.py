@@ -114,6 +114,21 @@ class LinearProbe(FusionModel):
     def head(self, a, audio_mask, t, text_mask):
         return self.classifier(torch.cat([masked_mean(a, audio_mask), masked_mean(t, text_mask)], dim=1))
 
+    def forward_paths(self, audio, audio_mask, texts, text_masks):
+        """:meth:`forward` of one speech input beside ``P`` texts (``texts [P, B, T, D]``): logits
+        ``[P, B, C]``. The layer is a sum of a speech part and a text part, so the speech part is
+        computed once for every text: consistency regularization's golden and STT paths share
+        the clip (koemo.training.stacked), and the speech statistics are nine tenths of the input."""
+        a, a_mask = self.prepare_speech(audio, audio_mask)
+        speech = masked_mean(a, a_mask)
+        w, d = self.classifier.weight, speech.shape[-1]
+        base = speech @ w[:, :d].T + self.classifier.bias
+        out = []
+        for text, mask in zip(texts.unbind(0), text_masks.unbind(0)):
+            t, t_mask = self.prepare_text(text, mask)
+            out.append(base + masked_mean(t, t_mask) @ w[:, d:].T)
+        return torch.stack(out)
+
 
 @FUSIONS.register("fusion-transformer")
 class FusionTransformer(FusionModel):

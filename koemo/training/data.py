@@ -116,13 +116,21 @@ class FeatureData:
         ``copies[i]`` > 0 reads pair i's speech from augmented copy ``copies[i]``;
         ``text_means``: each text as the mean of its vectors (``[B, 1, D]``, a zero vector for
         none), for a head that reads nothing else (``FusionModel.text_mean_only``)."""
+        audio, audio_mask = self.speech_batch([u for u, _ in pairs], copies)
+        return {"audio": audio, "audio_mask": audio_mask, **self.text_batch(pairs, text_means)}
+
+    def speech_batch(self, ids: Sequence[str], copies: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`batch`'s speech half: ``ids``' speech padded, with its mask."""
         tables = [self.audio] + self.audio_variants
-        audio, audio_mask = self._pad([(tables[copies[i] if copies else 0], u) for i, (u, _) in enumerate(pairs)])
-        if pairs and isinstance(self.text[pairs[0][1]][pairs[0][0]], str):  # raw strings for a fine-tuned text encoder
-            return {"audio": audio, "audio_mask": audio_mask, "text": [self.text[s][u] for u, s in pairs],
-                    "text_mask": None}
+        return self._pad([(tables[copies[i] if copies else 0], u) for i, u in enumerate(ids)])
+
+    def text_batch(self, pairs: Sequence[tuple[str, str]], text_means: bool = False) -> dict:
+        """:meth:`batch`'s text half: ``{"text": ..., "text_mask": ...}`` (raw strings, mask
+        ``None``, for a fine-tuned text encoder)."""
+        if pairs and isinstance(self.text[pairs[0][1]][pairs[0][0]], str):
+            return {"text": [self.text[s][u] for u, s in pairs], "text_mask": None}
         text, text_mask = self._pad([(self.text[s], u) for u, s in pairs], means=text_means)
-        return {"audio": audio, "audio_mask": audio_mask, "text": text, "text_mask": text_mask}
+        return {"text": text, "text_mask": text_mask}
 
     def _pad(self, items: Sequence[tuple[Mapping, str]], means: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`pad` of ``table[uid]`` (``means``: of its mean vector) for each item, indexed

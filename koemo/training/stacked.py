@@ -39,8 +39,8 @@ from koemo.data.splits import Fold
 from koemo.training.data import AbsentModality, FeatureData
 from koemo.training.distributed import to_device
 from koemo.training.losses import ce_per_example, cr_per_example
-from koemo.training.steps import blank_modalities
-from koemo.training.trainer import FoldPlan, TrainResult, _check_settings, _FoldRun, _state_copy, epoch_seed, lr_at
+from koemo.training.steps import blank_modalities, lr_at
+from koemo.training.trainer import FoldPlan, TrainResult, _check_settings, _FoldRun, _state_copy, epoch_seed
 
 log = logging.getLogger("koemo")
 
@@ -92,10 +92,22 @@ class StackedAdam:
                 x[resting] = saved
 
 
+class _Paths(torch.nn.Module):
+    """A head's ``forward_paths`` as a module's forward, for ``functional_call``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio, audio_mask, texts, text_masks):
+        return self.model.forward_paths(audio, audio_mask, texts, text_masks)
+
+
 def stack_sizes(data: FeatureData, plan: FoldPlan, batch_size: int, folds: int,
-                text_means: bool = False) -> list[int]:
+                text_means: bool = False, shared_speech: bool = False) -> list[int]:
     """How many folds each stack takes: as few stacks as keep a step's input within
-    :data:`STACK_BUDGET` bytes, of balanced sizes (``text_means``: one text vector a clip)."""
+    :data:`STACK_BUDGET` bytes, of balanced sizes (``text_means``: one text vector a clip;
+    ``shared_speech``: a clip's speech batched once for all its text paths)."""
     text_dim = data.dims(plan.train_sources[0])[1]
 
     def longest(table) -> int:
@@ -105,8 +117,9 @@ def stack_sizes(data: FeatureData, plan: FoldPlan, batch_size: int, folds: int,
 
     sources = plan.train_sources  # the rows of a step: gold, the STT text, or both (cr)
     text = text_dim if text_means else max(longest(data.text[s]) for s in sources)
-    row = 4 * (longest(data.audio) + text)  # float32
-    fit = max(1, STACK_BUDGET // max(1, row * batch_size * len(sources)))
+    speech_rows = 1 if shared_speech else len(sources)
+    clip = 4 * (longest(data.audio) * speech_rows + text * len(sources))  # float32
+    fit = max(1, STACK_BUDGET // max(1, clip * batch_size))
     stacks = -(-folds // fit)
     return [folds // stacks + (i < folds % stacks) for i in range(stacks)]
 
@@ -128,6 +141,17 @@ class _Stack:
             return functional_call(base, (params, buffers), (audio, audio_mask, text, text_mask))
 
         self.forward = vmap(call, randomness="different")
+        #: a head whose speech half is computed once for all text paths (``forward_paths``: CR's
+        #: golden and STT rows share the clip), when the plan has several paths
+        self.paths = None
+        if hasattr(base, "forward_paths") and len(self.plan.train_sources) > 1:
+            paths = _Paths(base)
+
+            def call_paths(params, buffers, audio, audio_mask, texts, text_masks):
+                state = {f"model.{k}": v for k, v in {**params, **buffers}.items()}
+                return functional_call(paths, state, (audio, audio_mask, texts, text_masks))
+
+            self.paths = vmap(call_paths, randomness="different")
         trained = [k for k, p in self.params.items() if p.requires_grad]
         self.optim = StackedAdam([self.params[k] for k in trained], len(self.runs), self.tc.lr,
                                  self.tc.weight_decay)
@@ -159,26 +183,42 @@ class _Stack:
         """Backpropagate one step of every fold (fold f's batch ``ids[f]``, its mean loss)."""
         runs, data, plan = self.runs, self.data, self.plan
         n_max, folds, paths = max(len(i) for i in ids), len(ids), len(plan.train_sources)
-        pairs, copies, text_drop, audio_drop, weight, y = [], [], [], [], [], []
+        rows, copies, text_drop, audio_drop, weight, y = [], [], [], [], [], []  # each clip once, fold by fold
         for f, fold_ids in enumerate(ids):
             n = len(fold_ids)
             drop, copy_ = runs[f].draws(n, gens[f]) if n else (None, None)
-            filler = [fold_ids[0] if n else runs[f].fold.train[0]] * (n_max - n)
-            rows = list(fold_ids) + filler
+            fold_rows = list(fold_ids) + [fold_ids[0] if n else runs[f].fold.train[0]] * (n_max - n)
             pad = [False] * (n_max - n)
-            for source in plan.train_sources:  # cr: the golden rows, then the STT rows
-                pairs += [(u, source) for u in rows]
-                copies += (copy_ or [0] * n) + [0] * (n_max - n)
-                text_drop += (drop[0].tolist() if drop else [False] * n) + pad
-                audio_drop += (drop[1].tolist() if drop else [False] * n) + pad
+            rows += fold_rows
+            copies += (copy_ or [0] * n) + [0] * (n_max - n)
+            text_drop += (drop[0].tolist() if drop else [False] * n) + pad
+            audio_drop += (drop[1].tolist() if drop else [False] * n) + pad
             weight.append([1.0 / n] * n + [0.0] * (n_max - n) if n else [0.0] * n_max)
-            y.append(data.y(rows))
-        batch = data.batch(pairs, copies if data.audio_variants else None, runs[0].text_means)
-        if any(text_drop) or any(audio_drop):
-            blank_modalities(batch, torch.tensor(text_drop), torch.tensor(audio_drop))
-        batch = {k: v.reshape(folds, paths * n_max, *v.shape[1:]) for k, v in to_device(batch, self.device).items()}
-        logits = self.forward(self.params, self.buffers, batch["audio"], batch["audio_mask"], batch["text"],
-                              batch["text_mask"]).float()
+            y.append(data.y(fold_rows))
+        copies_or_none = copies if data.audio_variants else None
+        if self.paths is not None:  # the clip's speech once, beside each path's text
+            audio, audio_mask = data.speech_batch(rows, copies_or_none)
+            texts = [data.text_batch([(u, s) for u in rows], runs[0].text_means) for s in plan.train_sources]
+            if any(text_drop) or any(audio_drop):
+                for k, t in enumerate(texts):
+                    blank_modalities({"audio": audio, "audio_mask": audio_mask, **t}, torch.tensor(text_drop),
+                                     torch.tensor(audio_drop if k == 0 else [False] * len(rows)))
+            audio, audio_mask = (x.to(self.device).reshape(folds, n_max, *x.shape[1:]) for x in (audio, audio_mask))
+            text, text_mask = (torch.stack([t[key] for t in texts]).to(self.device) for key in ("text", "text_mask"))
+            text, text_mask = (x.reshape(paths, folds, n_max, *x.shape[2:]).transpose(0, 1) for x in (text, text_mask))
+            logits = self.paths(self.params, self.buffers, audio, audio_mask, text, text_mask).float()
+            logits = logits.reshape(folds, paths * n_max, logits.shape[-1])
+        else:  # every row its own (speech, text) pair: cr's golden rows, then its STT rows
+            pairs = [(u, s) for f in range(folds) for s in plan.train_sources for u in rows[f * n_max:(f + 1) * n_max]]
+            per_row = [(copies[f * n_max:(f + 1) * n_max], text_drop[f * n_max:(f + 1) * n_max],
+                        audio_drop[f * n_max:(f + 1) * n_max]) for f in range(folds)]
+            rep = [[x for f in range(folds) for _ in range(paths) for x in per_row[f][k]] for k in range(3)]
+            batch = data.batch(pairs, rep[0] if data.audio_variants else None, runs[0].text_means)
+            if any(text_drop) or any(audio_drop):
+                blank_modalities(batch, torch.tensor(rep[1]), torch.tensor(rep[2]))
+            batch = {k: v.reshape(folds, paths * n_max, *v.shape[1:]) for k, v in to_device(batch, self.device).items()}
+            logits = self.forward(self.params, self.buffers, batch["audio"], batch["audio_mask"], batch["text"],
+                                  batch["text_mask"]).float()
         c = logits.shape[-1]
         y = torch.stack(y).to(self.device).reshape(-1)
         w = torch.tensor(weight, device=self.device).reshape(-1)
@@ -218,7 +258,8 @@ def train_stacked(
     results: list[TrainResult] = []
     start = 0
     text_means = reads_text_means(FUSIONS.get(recipe.model.fusion))
-    for size in stack_sizes(data, plans[0], recipe.train.batch_size, len(folds), text_means):
+    shared = hasattr(FUSIONS.get(recipe.model.fusion), "forward_paths")
+    for size in stack_sizes(data, plans[0], recipe.train.batch_size, len(folds), text_means, shared):
         group = range(start, start + size)
         start += size
         runs = []

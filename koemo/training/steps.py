@@ -1,10 +1,11 @@
 """The pieces of a training step the trainer and its callers share: the forward pass's precision,
-class probabilities in eval mode, one optimiser step's gradient over micro-batches and processes,
-and blanking a modality (modality dropout)."""
+the learning rate of an epoch, class probabilities in eval mode, one optimiser step's gradient
+over micro-batches and processes, and blanking a modality (modality dropout)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,6 +25,17 @@ def score(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], p
 
 
 PRECISIONS = ("fp32", "bf16")
+
+#: train.lr_schedule's choices
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(tc, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based) under ``train.lr_schedule``: one-fold and stacked
+    training set it at the start of every epoch, so a resumed run continues the same curve."""
+    if tc.lr_schedule == "cosine" and tc.epochs > 0:
+        return tc.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / tc.epochs))
+    return tc.lr
 
 
 def autocast(device: str, precision: str = "fp32"):

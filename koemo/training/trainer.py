@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from koemo.training import bundle as bundles
 from koemo.training.data import FeatureData
 from koemo.training.distributed import all_reduce_sums, barrier, dist_info, init_distributed, to_device
 from koemo.training.losses import CRVariant, ce_sum, class_weights, cr_sum
-from koemo.training.steps import accumulate_step, autocast, blank_modalities, predict_proba, score
+from koemo.training.steps import LR_SCHEDULES, accumulate_step, autocast, blank_modalities, lr_at, predict_proba, score
 
 log = logging.getLogger("koemo")
 
@@ -90,18 +89,6 @@ FINGERPRINT_NEUTRAL = {
     ("encoders", "prosody"): False, ("encoders", "trim_margin"): None, ("augment", "channel"): 0.0,
     ("train", "lr_schedule"): "constant",
 }
-
-
-#: train.lr_schedule's choices
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def lr_at(tc, epoch: int) -> float:
-    """The learning rate of ``epoch`` (0-based) under ``train.lr_schedule``: one-fold and stacked
-    training set it at the start of every epoch, so a resumed run continues the same curve."""
-    if tc.lr_schedule == "cosine" and tc.epochs > 0:
-        return tc.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / tc.epochs))
-    return tc.lr
 
 
 #: the fold of a model trained on every clip (no validation, no test)

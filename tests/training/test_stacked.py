@@ -206,7 +206,7 @@ def test_train_fold_trains_alone_under_the_fingerprint_of_a_fold_alone(tmp_path)
 def test_a_cosine_schedule_trains_stacked_as_alone_and_differs_from_a_constant_rate():
     """train.lr_schedule=cosine: both trainers step each epoch at lr * (1 + cos(pi e / E)) / 2
     (the same weights stacked and alone), and that is not what a constant rate learns."""
-    from koemo.training.trainer import lr_at
+    from koemo.training.steps import lr_at
 
     data = _data(copies=False)
     folds = _folds(data.labels)[:2]
