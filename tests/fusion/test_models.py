@@ -154,3 +154,44 @@ def test_masked_mean_counts_only_the_kept_frames_and_a_masked_out_clip_is_zero(f
         torch.testing.assert_close(got[b], want, rtol=0, atol=1e-6)
     got.sum().backward()  # the blanked clip gets no gradient
     assert torch.equal(x.grad[1], torch.zeros(frames, 6))
+
+
+def test_the_linear_head_scores_several_texts_beside_one_speech_input_as_forward_does():
+    """LinearProbe.forward_paths (the stacked trainer's CR step: one clip, its golden and its STT
+    text) equals forward() of each (speech, text) pair, with standardised inputs, token and
+    sentence-vector text and an empty transcript."""
+    import numpy as np
+
+    model = make("linear")
+    model.configure_inputs(standardise=True)
+    g = torch.Generator().manual_seed(3)
+    model.fit_standardiser([np.random.default_rng(k).normal(2.0, 3.0, (4, DA)) for k in range(5)],
+                           [np.random.default_rng(9 + k).normal(-1.0, 0.5, (3, DT)) for k in range(5)])
+    audio, am, text, tm = batch([7, 3, 5], [4, 2, 4])
+    other = torch.randn(3, 4, DT, generator=g)
+    om = torch.tensor([[True] * 4, [False] * 4, [True, True, False, False]])  # the second one empty
+    paths = model.forward_paths(audio, am, torch.stack([text, other]), torch.stack([tm, om]))
+    assert paths.shape == (2, 3, C)
+    torch.testing.assert_close(paths[0], model(audio, am, text, tm), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(paths[1], model(audio, am, other, om), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(paths[0], paths[1])
+
+
+@pytest.mark.parametrize("name", ["linear", "shallow"])
+def test_standardised_inputs_are_what_the_head_reads(name):
+    """model.standardise: both modalities are standardised by the training statistics before the
+    head, so a fitted model equals the same weights on inputs standardised by hand."""
+    import numpy as np
+
+    speech = [np.random.default_rng(k).normal(2.0, 3.0, (4, DA)) for k in range(5)]
+    words = [np.random.default_rng(9 + k).normal(-1.0, 0.5, (3, DT)) for k in range(5)]
+    fitted = make(name)
+    fitted.configure_inputs(standardise=True)
+    fitted.fit_standardiser(speech, words)
+    plain = make(name)
+    plain.load_state_dict({k: v for k, v in fitted.state_dict().items() if not k.endswith(("_mean", "_sd"))})
+    a, t = np.concatenate(speech), np.concatenate(words)
+    audio, am, text, tm = batch([7, 3, 5], [4, 2, 4])
+    by_hand = ((audio - torch.tensor(a.mean(0), dtype=torch.float32)) / torch.tensor(a.std(0), dtype=torch.float32),
+               (text - torch.tensor(t.mean(0), dtype=torch.float32)) / torch.tensor(t.std(0), dtype=torch.float32))
+    torch.testing.assert_close(fitted(audio, am, text, tm), plain(by_hand[0], am, by_hand[1], tm), rtol=1e-4, atol=1e-5)

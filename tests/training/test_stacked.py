@@ -228,3 +228,26 @@ def test_a_cosine_schedule_trains_stacked_as_alone_and_differs_from_a_constant_r
         r.split.valid, r.train.stack_folds = "none", stack
         with pytest.raises(KoemoError, match="train.lr_schedule='linear'"):
             run_folds(r, folds, data, out_for=lambda f: None, progress=False)
+
+
+def test_cr_steps_of_the_linear_head_batch_each_clips_speech_once(monkeypatch):
+    """The linear head's CR step reads a clip's speech once for its golden and STT paths
+    (LinearProbe.forward_paths), so a step's speech batch has one row a clip, not two, and a
+    stack holds more folds within the same budget."""
+    from koemo.fusion.models import LinearProbe
+
+    data = _data()
+    folds = _folds(data.labels)
+    rows, calls = [], []
+    real_batch, real_paths = FeatureData.speech_batch, LinearProbe.forward_paths
+    monkeypatch.setattr(FeatureData, "speech_batch", lambda self, ids, copies=None: rows.append(len(ids)) or
+                        real_batch(self, ids, copies))
+    monkeypatch.setattr(LinearProbe, "forward_paths", lambda self, *a: calls.append(1) or real_paths(self, *a))
+    recipe = _recipe()
+    run_folds(recipe, folds, data, out_for=lambda f: None, progress=False)
+    assert calls and max(rows) == 3 * 8  # 3 folds x batch 8 (padded to the fullest fold), once, not 2 x 24
+    plan = plan_fold(recipe, folds[0], data)
+    clip = 4 * (8 * 6 + 2 * 5 * 5)  # float32: the longest speech (8 x 6) once, the longest text (5 x 5) twice
+    monkeypatch.setattr(stacked_mod, "STACK_BUDGET", clip * 8 * 4)  # 4 folds' steps of that
+    assert stack_sizes(data, plan, 8, 4, shared_speech=True) == [4]
+    assert stack_sizes(data, plan, 8, 4, shared_speech=False) == [2, 2]  # speech twice a clip: 2 x 73 > 98
