@@ -142,7 +142,8 @@ class _Stack:
 
         self.forward = vmap(call, randomness="different")
         #: a head whose speech half is computed once for all text paths (``forward_paths``: CR's
-        #: golden and STT rows share the clip), when the plan has several paths
+        #: golden and STT rows share the clip), when the plan has several paths; such a head
+        #: reads one mean text vector a clip (``text_mean_only``), so the paths' texts stack
         self.paths = None
         if hasattr(base, "forward_paths") and len(self.plan.train_sources) > 1:
             paths = _Paths(base)
@@ -195,9 +196,8 @@ class _Stack:
             audio_drop += (drop[1].tolist() if drop else [False] * n) + pad
             weight.append([1.0 / n] * n + [0.0] * (n_max - n) if n else [0.0] * n_max)
             y.append(data.y(fold_rows))
-        copies_or_none = copies if data.audio_variants else None
         if self.paths is not None:  # the clip's speech once, beside each path's text
-            audio, audio_mask = data.speech_batch(rows, copies_or_none)
+            audio, audio_mask = data.speech_batch(rows, copies if data.audio_variants else None)
             texts = [data.text_batch([(u, s) for u in rows], runs[0].text_means) for s in plan.train_sources]
             if any(text_drop) or any(audio_drop):
                 for k, t in enumerate(texts):
@@ -208,14 +208,15 @@ class _Stack:
             text, text_mask = (x.reshape(paths, folds, n_max, *x.shape[2:]).transpose(0, 1) for x in (text, text_mask))
             logits = self.paths(self.params, self.buffers, audio, audio_mask, text, text_mask).float()
             logits = logits.reshape(folds, paths * n_max, logits.shape[-1])
-        else:  # every row its own (speech, text) pair: cr's golden rows, then its STT rows
-            pairs = [(u, s) for f in range(folds) for s in plan.train_sources for u in rows[f * n_max:(f + 1) * n_max]]
-            per_row = [(copies[f * n_max:(f + 1) * n_max], text_drop[f * n_max:(f + 1) * n_max],
-                        audio_drop[f * n_max:(f + 1) * n_max]) for f in range(folds)]
-            rep = [[x for f in range(folds) for _ in range(paths) for x in per_row[f][k]] for k in range(3)]
-            batch = data.batch(pairs, rep[0] if data.audio_variants else None, runs[0].text_means)
+        else:  # every row its own (speech, text) pair: per fold, cr's golden rows, then its STT rows
+            def per_path(values: list) -> list:  # each fold's n_max values, once for each path
+                return [v for f in range(folds) for _ in range(paths) for v in values[f * n_max:(f + 1) * n_max]]
+
+            sources = [s for _ in range(folds) for s in plan.train_sources for _ in range(n_max)]
+            pairs = list(zip(per_path(rows), sources))
+            batch = data.batch(pairs, per_path(copies) if data.audio_variants else None, runs[0].text_means)
             if any(text_drop) or any(audio_drop):
-                blank_modalities(batch, torch.tensor(rep[1]), torch.tensor(rep[2]))
+                blank_modalities(batch, torch.tensor(per_path(text_drop)), torch.tensor(per_path(audio_drop)))
             batch = {k: v.reshape(folds, paths * n_max, *v.shape[1:]) for k, v in to_device(batch, self.device).items()}
             logits = self.forward(self.params, self.buffers, batch["audio"], batch["audio_mask"], batch["text"],
                                   batch["text_mask"]).float()
