@@ -39,8 +39,8 @@ from koemo.data.splits import Fold
 from koemo.training.data import AbsentModality, FeatureData
 from koemo.training.distributed import to_device
 from koemo.training.losses import ce_per_example, cr_per_example
-from koemo.training.steps import blank_modalities, lr_at
-from koemo.training.trainer import FoldPlan, TrainResult, _check_settings, _FoldRun, _state_copy, epoch_seed
+from koemo.training.steps import blank_modalities, check_settings, lr_at
+from koemo.training.trainer import FoldPlan, TrainResult, _FoldRun, _state_copy, epoch_seed
 
 log = logging.getLogger("koemo")
 
@@ -255,7 +255,7 @@ def train_stacked(
     from koemo.fusion.base import reads_text_means
     from koemo.fusion.registry import FUSIONS
 
-    _check_settings(recipe.train)
+    check_settings(recipe.train)
     results: list[TrainResult] = []
     start = 0
     text_means = reads_text_means(FUSIONS.get(recipe.model.fusion))

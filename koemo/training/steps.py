@@ -38,6 +38,16 @@ def lr_at(tc, epoch: int) -> float:
     return tc.lr
 
 
+def check_settings(tc) -> None:
+    """Refuse a ``train`` section no trainer can run, before any work."""
+    if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 0 or tc.checkpoint_every < 0:
+        raise KoemoError("train.batch_size and train.grad_accum must be >= 1, train.epochs and "
+                         "train.checkpoint_every >= 0")
+    if tc.lr_schedule not in LR_SCHEDULES:
+        raise KoemoError(f"train.lr_schedule={tc.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+    autocast(tc.device, tc.precision)  # refuses an unknown precision
+
+
 def autocast(device: str, precision: str = "fp32"):
     """The context the forward passes run in: plain fp32, or bfloat16 autocast (``train.precision``)."""
     if precision not in PRECISIONS:

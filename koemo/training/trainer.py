@@ -48,7 +48,7 @@ from koemo.training import bundle as bundles
 from koemo.training.data import FeatureData
 from koemo.training.distributed import all_reduce_sums, barrier, dist_info, init_distributed, to_device
 from koemo.training.losses import CRVariant, ce_sum, class_weights, cr_sum
-from koemo.training.steps import LR_SCHEDULES, accumulate_step, autocast, blank_modalities, lr_at, predict_proba, score
+from koemo.training.steps import accumulate_step, autocast, blank_modalities, check_settings, lr_at, predict_proba, score
 
 log = logging.getLogger("koemo")
 
@@ -114,8 +114,10 @@ def stack_refusal(recipe: Recipe, fold: Fold, world: int = 1) -> str | None:
 
 def _fingerprint(cfg: dict, fold: Fold, data_hash: str, world: int) -> str:
     cfg = json.loads(json.dumps(cfg))
-    # may change between a run and its resume; lone_head: a second model koemo train --final trains
-    for key in ("epochs", "early_stopping", "device", "checkpoint_every", "lone_head"):
+    # may change between a run and its resume (not epochs under a cosine schedule: its length);
+    # lone_head: a second model koemo train --final trains
+    cosine = cfg.get("train", {}).get("lr_schedule") == "cosine"
+    for key in ("early_stopping", "device", "checkpoint_every", "lone_head") + (() if cosine else ("epochs",)):
         cfg.get("train", {}).pop(key, None)
     for (section, key), neutral in FINGERPRINT_NEUTRAL.items():
         if key is None:  # a whole section added later
@@ -192,15 +194,6 @@ def _rng_for(seed: int, epoch: int) -> np.random.Generator:
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """torch's seed for an epoch's random draws (modality dropout, copies, dropout)."""
     return seed * 1_000_003 + epoch * 7919 + rank
-
-
-def _check_settings(tc) -> None:
-    if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 0 or tc.checkpoint_every < 0:
-        raise KoemoError("train.batch_size and train.grad_accum must be >= 1, train.epochs and "
-                         "train.checkpoint_every >= 0")
-    if tc.lr_schedule not in LR_SCHEDULES:
-        raise KoemoError(f"train.lr_schedule={tc.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
-    autocast(tc.device, tc.precision)  # refuses an unknown precision before any work
 
 
 class _FoldRun:
@@ -468,7 +461,7 @@ def train_fold(
     plan = fold_plan or plan_fold(recipe, fold, data, stack=False)
     if plan.stacked:  # planned for a stack, trained alone: its fingerprint says so
         plan = plan_fold(recipe, fold, data, stack=False)
-    _check_settings(recipe.train)
+    check_settings(recipe.train)
     run = _FoldRun(recipe, fold, data, plan, model, Path(out_dir) if out_dir else None)
     run.input_arrays = input_arrays
     if run.out is not None and resume:

@@ -223,6 +223,15 @@ def test_a_cosine_schedule_trains_stacked_as_alone_and_differs_from_a_constant_r
     assert [lr_at(tc, e) / tc.lr for e in range(4)] == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
     tc.lr_schedule = "constant"
     assert lr_at(tc, 3) == tc.lr
+    # the schedule's length is part of a cosine run's fingerprint (a constant rate's run may go on)
+    fold = folds[0]
+    prints = {}
+    for schedule in ("constant", "cosine"):
+        for epochs in (4, 6):
+            r = make_recipe(fusion="linear", text="gold", epochs=epochs, lr_schedule=schedule)
+            r.split.valid = "none"
+            prints[schedule, epochs] = plan_fold(r, fold, data).fingerprint
+    assert prints["constant", 4] == prints["constant", 6] and prints["cosine", 4] != prints["cosine", 6]
     for stack in (False, True):  # refused by both trainers before any work
         r = make_recipe(fusion="linear", lr_schedule="linear")
         r.split.valid, r.train.stack_folds = "none", stack
