@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from koemo.data.audio import load_audio
+from koemo.data.audio import load_audio, within_full_scale
 from koemo.data.manifest import Utterance
 from koemo.errors import BadInputError, KoemoError
 from koemo.sources import TextSource
@@ -104,11 +104,7 @@ def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarra
     if p_clean < _EPS or p_noise < _EPS:
         return clean.astype(np.float32)  # silence stays silence: there is no level to be relative to
     gain = np.sqrt(p_clean / (p_noise * 10 ** (snr_db / 10)))
-    noisy = clean + gain * noise
-    peak = np.max(np.abs(noisy))
-    if peak > 1.0:
-        noisy /= peak
-    return noisy.astype(np.float32)
+    return within_full_scale(clean + gain * noise).astype(np.float32)
 
 
 def measured_snr(clean: np.ndarray, noisy: np.ndarray) -> float:

@@ -71,6 +71,13 @@ def resample(audio: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarra
     return soxr.resample(audio, sr, target, quality="HQ").astype(np.float32)
 
 
+def within_full_scale(audio: np.ndarray) -> np.ndarray:
+    """``audio`` scaled down by its peak where it would clip (a peak over 1.0), its shape kept;
+    as it came otherwise. What a transform that adds or amplifies ends with."""
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    return audio / peak if peak > 1.0 else audio
+
+
 def load_audio(
     path: str | Path | bytes,
     *,

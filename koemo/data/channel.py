@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from koemo.data.audio import SAMPLE_RATE
+from koemo.data.audio import SAMPLE_RATE, within_full_scale
 
 #: share of channels that include a room (the rest: a close microphone, its response only)
 ROOM_SHARE = 0.5
@@ -85,10 +85,7 @@ def _rms(x: np.ndarray) -> float:
 def _same_level(out: np.ndarray, like: np.ndarray) -> np.ndarray:
     level = _rms(out)
     out = out * (_rms(like) / level) if level > 0 else out
-    peak = float(np.abs(out).max()) if out.size else 0.0
-    if peak > 1.0:  # louder than full scale would clip: keep the shape
-        out = out / peak
-    return out.astype(np.float32)
+    return within_full_scale(out).astype(np.float32)
 
 
 __all__ = ["ROOM_SHARE", "random_channel", "response", "room"]

@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from koemo.config import AugmentConfig
-from koemo.data.audio import SAMPLE_RATE, resample
+from koemo.data.audio import SAMPLE_RATE, resample, within_full_scale
 from koemo.data.manifest import Utterance
 from koemo.errors import KoemoError
 
@@ -75,10 +75,7 @@ class AudioTransform:
                 out = random_channel(out, rng)
         if c.volume_db:
             gain = float(_rng(c.seed, utt.id, self.copy, "volume").uniform(*c.volume_db))
-            out = out * np.float32(10 ** (gain / 20))
-            peak = float(np.abs(out).max()) if out.size else 0.0
-            if peak > 1.0:  # louder than full scale would clip: keep the shape
-                out = out / peak
+            out = within_full_scale(out * np.float32(10 ** (gain / 20)))  # louder than full scale would clip
         return out.astype(np.float32)
 
 
