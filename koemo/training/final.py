@@ -204,5 +204,6 @@ def _lone_head(recipe: Recipe, out: Path, **kw) -> dict[str, Any]:
     sub = lone_recipe(recipe)
     got = train_final(sub, out / bundles.LONE_HEAD, **kw)
     lone = got["calibration"].get("corpus_normalised") or {}
-    return {"overrides": list(recipe.train.lone_head), "temperature": lone.get("temperature", 1.0),
+    # the temperature the service applies with this head (koemo.serving.loader reads it the same way)
+    return {"overrides": list(recipe.train.lone_head), "temperature": bundles.temperatures(got)[1],
             "weighted_f1": lone.get("weighted_f1", {})}
