@@ -132,14 +132,27 @@ def pool_time(x: np.ndarray, k: int) -> np.ndarray:
             ).astype(np.float32)
 
 
+def standardised_stats(stats: np.ndarray, mean: np.ndarray | None, sd: np.ndarray | None) -> np.ndarray:
+    """:func:`clip_stats` of the frames standardised by ``mean``/``sd``, from those of the raw
+    frames: the mean becomes ``(mean - m) / s``, the standard deviation ``sd / s``. So a clip's
+    statistics, once computed, serve any group's normalisation (a batch keeps them, not the frames,
+    until every file's statistics are summed: :class:`koemo.serving.predictor.Encoded`)."""
+    if mean is None:
+        return stats
+    d = stats.shape[-1] // 2
+    return np.concatenate([(stats[..., :d] - mean) / sd, stats[..., d:] / sd], axis=-1).astype(np.float32)
+
+
 def view(frames: np.ndarray, kind: str, mean: np.ndarray | None = None, sd: np.ndarray | None = None,
          pool: int = 1) -> np.ndarray:
     """The head's input from one clip's frames: normalised (when ``mean``/``sd`` are given), then
     as ``frames`` (averaged ``pool`` at a time) or ``stats``."""
     if kind not in VIEWS:
         raise KoemoError(f"speech view {kind!r}: use one of {', '.join(VIEWS)}")
+    if kind == "stats":
+        return standardised_stats(clip_stats(frames), mean, sd)
     x = normalise(frames, mean, sd) if mean is not None else np.asarray(frames, dtype=np.float32)
-    return clip_stats(x) if kind == "stats" else pool_time(x, pool)
+    return pool_time(x, pool)
 
 
 def group_views(tables: Sequence[Mapping[str, np.ndarray]], groups: Mapping[str, str], kind: str,

@@ -8,7 +8,7 @@ import torch
 
 from koemo.errors import KoemoError
 from koemo.fusion import build_fusion
-from koemo.fusion.inputs import Moments, Normaliser, clip_stats, group_views, view
+from koemo.fusion.inputs import Moments, Normaliser, clip_stats, group_views, normalise, standardised_stats, view
 
 
 def test_moments_combine_like_the_frames_they_summarise():
@@ -51,6 +51,19 @@ def test_stats_view_is_mean_and_std_over_time():
     np.testing.assert_allclose(s[0, :, 2:], x.std(0))
     with pytest.raises(KoemoError, match="speech view 'pooled'"):
         view(x, "pooled")
+
+
+def test_a_clips_statistics_standardise_like_its_frames():
+    """A batch keeps each clip's statistics and normalises them once every group is summed: the
+    result must be the statistics of the standardised frames, for any group's mean and sd."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(4, 3, size=(80, 3, 6)).astype(np.float32)
+    mean, sd = rng.normal(2, 1, size=(3, 6)).astype(np.float32), rng.uniform(0.5, 3, size=(3, 6)).astype(np.float32)
+    want = clip_stats(normalise(x, mean, sd))
+    np.testing.assert_allclose(standardised_stats(clip_stats(x), mean, sd), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(view(x, "stats", mean, sd), want, rtol=1e-4, atol=1e-5)
+    assert standardised_stats(clip_stats(x), None, None) is not None
+    np.testing.assert_array_equal(standardised_stats(clip_stats(x), None, None), clip_stats(x))
 
 
 @pytest.mark.parametrize("mix", ["weighted", "concat"])
