@@ -87,7 +87,7 @@ def predict(
             table.add_column(label[:7], justify="right", no_wrap=True)
         table.add_column("transcript", overflow="fold")
     done = 0
-    for path, result in rec.iter_batch(files, normalise=normalise, errors="skip"):
+    for path, result in rec.iter_batch(files, normalise=normalise, errors="skip", progress=True):
         if isinstance(result, Exception):
             skips.skip(result)
             continue

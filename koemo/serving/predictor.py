@@ -19,7 +19,7 @@ import numpy as np
 
 from koemo.data.audio import SAMPLE_RATE
 from koemo.errors import BadInputError, KoemoError
-from koemo.fusion.inputs import Moments, Normaliser, view
+from koemo.fusion.inputs import Moments, Normaliser, clip_stats, standardised_stats, view
 from koemo.serving.limits import Limits
 from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans, too_short, trimmed_span
 from koemo.serving.sessions import NORMALISE_MODES, Session
@@ -39,6 +39,13 @@ class Encoder(Protocol):
 Classifier = Callable[[Any, Any], "tuple[np.ndarray, dict[str, float] | None]"]
 
 
+@dataclass(frozen=True)
+class ClipStats:
+    """An utterance's frame statistics over time (:func:`~koemo.fusion.inputs.clip_stats`)."""
+
+    stats: np.ndarray
+
+
 @dataclass
 class SpeechStage:
     """The speech encoder's frames -> what the head reads (:mod:`koemo.fusion.inputs`): frames or
@@ -49,14 +56,43 @@ class SpeechStage:
     normaliser: Normaliser | None = None
     pool: int = 1
 
-    def __call__(self, frames: np.ndarray, group: Moments | None) -> np.ndarray:
-        if self.normaliser is None:
-            return view(frames, self.view, pool=self.pool)
-        return view(frames, self.view, *self.normaliser.stats_for(group), pool=self.pool)
+    def __call__(self, frames: np.ndarray | ClipStats, group: Moments | None) -> np.ndarray:
+        """The head's input from an utterance's frames (or their :meth:`summary`) in ``group``."""
+        mean_sd = self.normaliser.stats_for(group) if self.normaliser is not None else (None, None)
+        if isinstance(frames, ClipStats):
+            return standardised_stats(frames.stats, *mean_sd)
+        return view(frames, self.view, *mean_sd, pool=self.pool)
+
+    def summary(self, frames: np.ndarray) -> np.ndarray | ClipStats:
+        """What an utterance's frames are kept as until its group is known: for the stats view
+        their statistics over time (any group's standardisation follows from them exactly), else
+        the frames."""
+        return ClipStats(clip_stats(frames)) if self.view == "stats" else frames
+
+    @property
+    def compact(self) -> bool:
+        """Whether :meth:`summary` is small (the stats view): a batch can keep every file's."""
+        return self.view == "stats"
 
     def uses_corpus(self, group: Moments | None) -> bool:
         """Whether ``group``'s frames are standardised by the training corpus's statistics."""
         return self.normaliser is not None and self.normaliser.uses_corpus(group)
+
+
+@dataclass
+class Encoded:
+    """A recording through ASR and the encoders, before normalisation and the head
+    (:meth:`Predictor.encode`). A batch keeps one per file while it sums every file's statistics
+    (:meth:`koemo.Recognizer.iter_batch`), so each file's encoders run once."""
+
+    name: str
+    duration: float  # seconds of audio
+    spans: list[Span]
+    utterances: list[tuple[str, Any, Any]]  # (transcript, SpeechStage.summary of the frames, text features)
+    moments: Moments | None  # the recording's frame statistics (None without a normaliser)
+    timings: dict[str, float]
+    warnings: list[str]
+    seconds: float  # wall time of the encoding
 
 
 @dataclass
@@ -115,20 +151,40 @@ class Predictor:
         label, probabilities, contribution}], contribution{audio, text}, timings{stage: s},
         duration, warnings[str]}`` (``warnings``: utterances too short to judge).
         """
-        mode = normalise or ("speaker" if session is not None else "file")
-        if mode not in NORMALISE_MODES:
-            raise KoemoError(f"normalise={mode!r}: use one of {', '.join(NORMALISE_MODES)}")
+        mode = _mode(normalise, session)
+        return self.finish(self.encode(audio, name=name), session=session, normalise=mode,
+                           update_session=update_session)
+
+    def encode(self, audio: np.ndarray, *, name: str = "<audio>") -> Encoded:
+        """ASR and both encoders over one recording (16 kHz mono float32), before any
+        normalisation: :meth:`finish` classifies it once its group is known."""
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             raise BadInputError(name, "zero-length audio (no samples)")
         t_start = time.perf_counter()
-        duration = len(audio) / SAMPLE_RATE
         timings = {stage: 0.0 for stage in STAGES}
         spans = self._spans(audio, name, timings)
-        encoded = [self._encode_utterance(cut(audio, span), timings) for span in spans]
+        utterances, moments = [], None
+        for span in spans:
+            transcript, frames, text = self._encode_utterance(cut(audio, span), timings)
+            if self.speech_stage.normaliser is not None:
+                m = Moments.of(frames)
+                moments = m if moments is None else moments + m
+            utterances.append((transcript, self.speech_stage.summary(frames), text))
+        warnings = [w for w in (too_short(audio, span, self.segment_config) for span in spans) if w]
+        return Encoded(name, len(audio) / SAMPLE_RATE, spans, utterances, moments, timings, warnings,
+                       time.perf_counter() - t_start)
+
+    def finish(self, encoded: Encoded, *, session: Session | None = None, normalise: str | None = None,
+               update_session: bool = True) -> dict[str, Any]:
+        """:meth:`predict`'s result for a recording :meth:`encode` has run on (``normalise``,
+        ``session`` and ``update_session`` as there)."""
+        mode = _mode(normalise, session)
+        t_start = time.perf_counter()
+        timings = dict(encoded.timings)
         group = None
-        if mode != "none" and self.speech_stage.normaliser is not None:
-            group = Moments.sum(Moments.of(frames) for _, frames, _ in encoded)
+        if mode != "none" and encoded.moments is not None:
+            group = encoded.moments
             if mode == "speaker" and session is not None:
                 # update_session=False: the session already holds this recording (observe() first)
                 group = session.add(group) if update_session else (session.moments or group)
@@ -136,8 +192,8 @@ class Predictor:
         lone = self.speech_stage.uses_corpus(group)
         classify = self.classify_lone if lone and self.classify_lone is not None else self.classify
         power = self.lone_power if lone and self.classify_lone is None else 1.0
-        for span, (transcript, frames, text) in zip(spans, encoded):
-            seg = self._classify(transcript, self.speech_stage(frames, group), text, timings, power, classify)
+        for span, (transcript, speech, text) in zip(encoded.spans, encoded.utterances):
+            seg = self._classify(transcript, self.speech_stage(speech, group), text, timings, power, classify)
             segments.append({"start": span.start, "end": span.end, **seg})
 
         weights = np.array([max(s["end"] - s["start"], 1e-3) for s in segments])
@@ -150,16 +206,16 @@ class Predictor:
                 k: float(sum(w * s["contribution"][k] for w, s in zip(weights, segments)))
                 for k in ("audio", "text")
             }
-        timings["total"] = time.perf_counter() - t_start
+        timings["total"] = encoded.seconds + time.perf_counter() - t_start
         return {
             "transcript": " ".join(s["transcript"] for s in segments if s["transcript"]),
             "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)},
             "label": self.labels[int(np.argmax(probs))],
             "segments": segments,
             "contribution": contribution,
-            "duration": round(duration, 3),
+            "duration": round(encoded.duration, 3),
             "timings": {k: round(v, 4) for k, v in timings.items()},
-            "warnings": [w for w in (too_short(audio, span, self.segment_config) for span in spans) if w],
+            "warnings": list(encoded.warnings),
         }
 
     def observe(self, audio: np.ndarray, session: Session, *, name: str = "<audio>") -> None:
@@ -241,6 +297,13 @@ class Predictor:
         from koemo import __version__
 
         return {"labels": list(self.labels), "koemo_version": __version__, **self.info}
+
+
+def _mode(normalise: str | None, session: Session | None) -> str:
+    mode = normalise or ("speaker" if session is not None else "file")
+    if mode not in NORMALISE_MODES:
+        raise KoemoError(f"normalise={mode!r}: use one of {', '.join(NORMALISE_MODES)}")
+    return mode
 
 
 def _timed(fn, *args):

@@ -173,14 +173,15 @@ class Recognizer:
         return [r for _path, r in self.iter_batch(paths, normalise=normalise, errors=errors)
                 if isinstance(r, Result)]
 
-    def iter_batch(self, paths: Iterable[PathLike], *, normalise: str = "speaker",
-                   errors: str = "raise") -> Iterator[tuple[str, Union[Result, BadInputError]]]:
+    def iter_batch(self, paths: Iterable[PathLike], *, normalise: str = "speaker", errors: str = "raise",
+                   progress: bool = False) -> Iterator[tuple[str, Union[Result, BadInputError]]]:
         """``(path, Result)`` per file as each is done; with ``errors="skip"`` a bad file yields
         ``(path, BadInputError)`` and the batch goes on. The loop ``koemo predict`` runs.
 
         ``normalise``: as :meth:`predict`, where ``speaker`` takes every file of the batch as one
         speaker; ``folder`` takes the files of each directory as one (a corpus laid out one speaker
-        to a folder; never one emotion to a folder, whose emotion the normalisation would remove)."""
+        to a folder; never one emotion to a folder, whose emotion the normalisation would remove).
+        Those two read every file before the first result; ``progress`` shows that pass (tqdm)."""
         if errors not in ("raise", "skip"):
             raise KoemoError(f"errors={errors!r}: use 'raise' or 'skip'")
         if normalise not in BATCH_NORMALISE_MODES:
@@ -188,13 +189,23 @@ class Recognizer:
         files = [str(p) for p in paths]
         failed: dict[str, BadInputError] = {}
         sessions: dict[str, Session] = {}
+        encoded: dict[str, Any] = {}
         group_of = (lambda path: str(Path(path).parent)) if normalise == "folder" else (lambda path: "")
-        if normalise in ("speaker", "folder") and self.predictor.speech_stage.normaliser is not None:
-            # first pass: every file's voice statistics, so each file is normalised by its group's
-            for path in files:
+        stage = self.predictor.speech_stage
+        if normalise in ("speaker", "folder") and stage.normaliser is not None:
+            # first pass: every file's voice statistics, so each file is normalised by its group's.
+            # A head reading clip statistics keeps each file's encoding (small) and classifies it
+            # in the second pass: one Whisper pass per file. A head reading frames would keep every
+            # file's frames, so its files are encoded again instead.
+            keep = getattr(stage, "compact", False)
+            for path in _progress(files, progress, "statistics" if not keep else "encoding"):
                 session = sessions.setdefault(group_of(path), Session())
                 try:
-                    self.predictor.observe(read_file(path), session, name=path)
+                    if keep:
+                        encoded[path] = self.predictor.encode(read_file(path), name=path)
+                        session.add(encoded[path].moments)
+                    else:
+                        self.predictor.observe(read_file(path), session, name=path)
                 except BadInputError as e:
                     if errors == "raise":
                         raise
@@ -203,10 +214,14 @@ class Recognizer:
             if path in failed:
                 yield path, failed[path]
                 continue
+            mode = "speaker" if normalise == "folder" else normalise
             try:
-                result = self.predictor.predict(read_file(path), name=path, session=sessions.get(group_of(path)),
-                                                normalise="speaker" if normalise == "folder" else normalise,
-                                                update_session=False)
+                if path in encoded:
+                    result = self.predictor.finish(encoded.pop(path), session=sessions.get(group_of(path)),
+                                                   normalise=mode, update_session=False)
+                else:
+                    result = self.predictor.predict(read_file(path), name=path, session=sessions.get(group_of(path)),
+                                                    normalise=mode, update_session=False)
             except BadInputError as e:
                 if errors == "raise":
                     raise
@@ -220,6 +235,14 @@ class Recognizer:
 
     def _predict(self, samples: np.ndarray, name: str, session: Session | None, normalise: str | None) -> Result:
         return Result.from_dict(name, self.predictor.predict(samples, name=name, session=session, normalise=normalise))
+
+
+def _progress(files: list[str], show: bool, what: str):
+    if not show or len(files) < 2:
+        return files
+    from tqdm import tqdm
+
+    return tqdm(files, desc=what, unit="file", leave=False)
 
 
 def read_file(path: PathLike) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from koemo.errors import KoemoError
 from koemo.fusion.inputs import Moments, Normaliser
 from koemo.serving.limits import Limits
-from koemo.serving.predictor import Predictor, SpeechStage
+from koemo.serving.predictor import ClipStats, Predictor, SpeechStage
 from koemo.serving.segment import Span
 from koemo.serving.sessions import Session, Sessions
 from tests.serving.conftest import wav_bytes
@@ -73,6 +73,48 @@ def test_a_session_normalises_by_the_speakers_own_recordings():
     np.testing.assert_allclose(rec.seen[-1][0, :10], (0.2 - 0.4) / 0.2, rtol=0.05)
     with pytest.raises(KoemoError, match="normalise='voice'"):
         p.predict(level(0.2), normalise="voice")
+
+
+def test_a_batch_encodes_each_file_once_and_normalises_it_by_every_file(tmp_path):
+    """``koemo predict DIR`` needs every file's statistics before the first result. A head that
+    reads clip statistics keeps each file's encoding from that pass: one encoder pass per file,
+    and the same answers as encoding every file again once the statistics are summed."""
+    import soundfile as sf
+
+    from koemo.serving.recognizer import Recognizer
+
+    paths = []
+    for i, x in enumerate((0.2, 0.6, 0.5, 0.3)):
+        paths.append(tmp_path / f"{i}.wav")
+        sf.write(paths[-1], level(x), 16000)
+    p, rec = make_predictor(min_clips=2)
+    calls = []
+    encoder = p.speech_encoder
+    p.speech_encoder = lambda a: calls.append(len(a)) or encoder(a)
+    results = Recognizer(p).predict_batch(paths)
+    assert len(calls) == len(paths)  # one pass per file
+    once = rec.seen[-len(paths):]
+    # the same files, encoded again after the statistics pass (what a frames head does)
+    again = Session()
+    for path in paths:
+        p.observe(read(path), again)
+    twice = [p.predict(read(path), session=again, update_session=False) for path in paths]
+    for a, b, r in zip(once, rec.seen[-len(paths):], results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(once[0][0, :10], (0.2 - 0.4) / np.sqrt(0.025), rtol=0.05)  # mean 0.4 of four
+    assert [r.label for r in results] == [t["label"] for t in twice]
+    kept = p.encode(level(0.2, 16000 * 30)).utterances[0][1]  # what a batch holds per file: 2 x 10 numbers
+    assert isinstance(kept, ClipStats) and kept.stats.shape == (1, 20)
+    p.speech_stage = SpeechStage("frames", p.speech_stage.normaliser)  # frames are not kept: two passes
+    calls.clear()
+    Recognizer(p).predict_batch(paths)
+    assert len(calls) == 2 * len(paths)
+
+
+def read(path) -> np.ndarray:
+    import soundfile as sf
+
+    return sf.read(path, dtype="float32")[0]
 
 
 def test_sessions_are_bounded_and_ids_checked():
