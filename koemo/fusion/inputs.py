@@ -144,19 +144,36 @@ def standardised_stats(stats: np.ndarray, mean: np.ndarray | None, sd: np.ndarra
 
 
 def view(frames: np.ndarray, kind: str, mean: np.ndarray | None = None, sd: np.ndarray | None = None,
-         pool: int = 1) -> np.ndarray:
+         pool: int = 1, layers: Sequence[int] | None = None) -> np.ndarray:
     """The head's input from one clip's frames: normalised (when ``mean``/``sd`` are given), then
-    as ``frames`` (averaged ``pool`` at a time) or ``stats``."""
+    as ``frames`` (averaged ``pool`` at a time) or ``stats``; of stacked frames ``[T, L, D]`` only
+    the ``layers`` given (None: all)."""
     if kind not in VIEWS:
         raise KoemoError(f"speech view {kind!r}: use one of {', '.join(VIEWS)}")
     if kind == "stats":
-        return standardised_stats(clip_stats(frames), mean, sd)
+        return select_layers(standardised_stats(clip_stats(frames), mean, sd), layers)
     x = normalise(frames, mean, sd) if mean is not None else np.asarray(frames, dtype=np.float32)
-    return pool_time(x, pool)
+    return select_layers(pool_time(x, pool), layers)
+
+
+def select_layers(x: np.ndarray, layers: Sequence[int] | None) -> np.ndarray:
+    """The ``layers`` of a view with a layer axis (``[T, L, D]``, the stats view ``[1, L, 2D]``),
+    in the order given; all of them for None. Whisper's front end and first block sit nearest the
+    waveform and move most under a new recording channel (``encoders.speech_layers``,
+    docs/voice.md)."""
+    if layers is None:
+        return x
+    if x.ndim != 3:
+        raise KoemoError(f"speech layers {list(layers)} need every layer of the encoder (encoders.speech_layer: all)")
+    bad = [k for k in layers if not 0 <= int(k) < x.shape[1]]
+    if bad or not len(layers):
+        raise KoemoError(f"speech layers {list(layers)}: the encoder gives layers 0-{x.shape[1] - 1}")
+    return np.ascontiguousarray(x[:, [int(k) for k in layers]])
 
 
 def group_views(tables: Sequence[Mapping[str, np.ndarray]], groups: Mapping[str, str], kind: str,
-                normaliser: Normaliser | None, pool: int = 1) -> list[dict[str, np.ndarray]]:
+                normaliser: Normaliser | None, pool: int = 1,
+                layers: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
     """Views of every clip of several tables of the same clips (the clean frames first, then
     augmented copies), each clip normalised by its group's statistics (``groups``: clip id ->
     speaker or session). Group statistics come from the first (clean) table only."""
@@ -172,5 +189,5 @@ def group_views(tables: Sequence[Mapping[str, np.ndarray]], groups: Mapping[str,
                 stats[u] = mean_sd
     out = []
     for table in tables:
-        out.append({u: view(a, kind, *stats.get(u, (None, None)), pool=pool) for u, a in table.items()})
+        out.append({u: view(a, kind, *stats.get(u, (None, None)), pool=pool, layers=layers) for u, a in table.items()})
     return out

@@ -250,8 +250,10 @@ def _add_lone_head(predictor: Predictor, path: Path, labels, runtime: str) -> No
     if list(lone.labels) != list(labels):
         raise KoemoError(f"{where}: the lone-clip head predicts {', '.join(lone.labels)}, the bundle "
                          f"{', '.join(labels)}")
-    if speech_stage_of(lone).view != predictor.speech_stage.view:
+    stage = speech_stage_of(lone)
+    if stage.view != predictor.speech_stage.view or stage.pool != predictor.speech_stage.pool:
         raise KoemoError(f"{where}: the lone-clip head reads another speech input than the bundle")
+    predictor.speech_stage_lone = stage  # its own layers, if it reads fewer
     t = bundles.temperatures(lone.meta)[1]
     predictor.classify_lone = fusion_classifier(lone.model, temperature=t)
     predictor.info["lone_head"] = str(where)
@@ -297,4 +299,6 @@ def speech_stage_of(bundle) -> SpeechStage:
             raise KoemoError(f"{bundle.path}: trained with {norm['mode']} normalisation but has no "
                              f"{bundles.INPUTS} with the corpus statistics; retrain it")
         normaliser = Normaliser.from_parts(norm, arrays)
-    return SpeechStage(spec.get("view", "frames"), normaliser, int(spec.get("pool", 1)))
+    layers = spec.get("layers")
+    return SpeechStage(spec.get("view", "frames"), normaliser, int(spec.get("pool", 1)),
+                       None if layers is None else tuple(int(k) for k in layers))

@@ -19,7 +19,7 @@ import numpy as np
 
 from koemo.data.audio import SAMPLE_RATE
 from koemo.errors import BadInputError, KoemoError
-from koemo.fusion.inputs import Moments, Normaliser, clip_stats, standardised_stats, view
+from koemo.fusion.inputs import Moments, Normaliser, clip_stats, select_layers, standardised_stats, view
 from koemo.serving.limits import Limits
 from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans, too_short, trimmed_span
 from koemo.serving.sessions import NORMALISE_MODES, Session
@@ -55,13 +55,14 @@ class SpeechStage:
     view: str = "frames"
     normaliser: Normaliser | None = None
     pool: int = 1
+    layers: tuple[int, ...] | None = None  # of stacked frames, those the head reads (None: all)
 
     def __call__(self, frames: np.ndarray | ClipStats, group: Moments | None) -> np.ndarray:
         """The head's input from an utterance's frames (or their :meth:`summary`) in ``group``."""
         mean_sd = self.normaliser.stats_for(group) if self.normaliser is not None else (None, None)
         if isinstance(frames, ClipStats):
-            return standardised_stats(frames.stats, *mean_sd)
-        return view(frames, self.view, *mean_sd, pool=self.pool)
+            return select_layers(standardised_stats(frames.stats, *mean_sd), self.layers)
+        return view(frames, self.view, *mean_sd, pool=self.pool, layers=self.layers)
 
     def summary(self, frames: np.ndarray) -> np.ndarray | ClipStats:
         """What an utterance's frames are kept as until its group is known: for the stats view
@@ -115,6 +116,8 @@ class Predictor:
     # A second head for those clips (the bundle's lone/, train.lone_head), with its own temperature
     # applied; where set it replaces ``classify`` and ``lone_power`` for them.
     classify_lone: Classifier | None = None
+    # the speech input that head reads, where it differs from the first head's (its own layers)
+    speech_stage_lone: SpeechStage | None = None
     # Models that keep state between calls (or are not thread-safe) run under this lock when set.
     serial: bool = False
     # Run the speech encoder in a helper thread while ASR and the text encoder run.
@@ -190,10 +193,12 @@ class Predictor:
                 group = session.add(group) if update_session else (session.moments or group)
         segments = []
         lone = self.speech_stage.uses_corpus(group)
-        classify = self.classify_lone if lone and self.classify_lone is not None else self.classify
+        second = lone and self.classify_lone is not None
+        classify = self.classify_lone if second else self.classify
+        stage = self.speech_stage_lone if second and self.speech_stage_lone is not None else self.speech_stage
         power = self.lone_power if lone and self.classify_lone is None else 1.0
         for span, (transcript, speech, text) in zip(encoded.spans, encoded.utterances):
-            seg = self._classify(transcript, self.speech_stage(speech, group), text, timings, power, classify)
+            seg = self._classify(transcript, stage(speech, group), text, timings, power, classify)
             segments.append({"start": span.start, "end": span.end, **seg})
 
         weights = np.array([max(s["end"] - s["start"], 1e-3) for s in segments])

@@ -109,10 +109,12 @@ class SpeechInput:
     layer: int | str | None
     normaliser: Normaliser | None = None
     pool: int = 1  # frames averaged into one (frames view)
+    layers: list[int] | None = None  # of stacked layers, those the head reads (None: all)
 
     def meta(self) -> dict:
         norm = self.normaliser.to_meta() if self.normaliser else {"mode": "none"}
-        return {"view": self.view, "layer": self.layer, "normalise": norm, "pool": self.pool}
+        return {"view": self.view, "layer": self.layer, "normalise": norm, "pool": self.pool,
+                **({"layers": list(self.layers)} if self.layers is not None else {})}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return self.normaliser.to_arrays() if self.normaliser else {}
@@ -149,17 +151,18 @@ def speech_input(recipe: Recipe, frames: Mapping[str, np.ndarray], utts: Sequenc
     pool = enc.speech_pool if kind == "frames" else 1
     if pool < 1:
         raise KoemoError(f"encoders.speech_pool={pool} must be 1 (every frame) or more")
-    spec = SpeechInput(kind, enc.speech_layer, normaliser, pool)
+    layers = None if enc.speech_layers is None else [int(k) for k in enc.speech_layers]
+    spec = SpeechInput(kind, enc.speech_layer, normaliser, pool, layers)
     copies = masked_copies(copies, recipe.augment.frame_mask, recipe.augment.seed)
-    if normaliser is None and kind == "frames" and pool == 1:
+    if normaliser is None and kind == "frames" and pool == 1 and layers is None:
         return frames, list(copies), spec
     speakers = {u.id: u.speaker or u.id for u in utts}
-    views = group_views([frames, *copies], speakers, kind, normaliser, pool)
+    views = group_views([frames, *copies], speakers, kind, normaliser, pool, layers)
     if normaliser is not None and recipe.augment.corpus_normalised:
         corpus_only = Normaliser("none", normaliser.corpus_mean, normaliser.corpus_sd)
-        views += group_views([frames], speakers, kind, corpus_only, pool)
+        views += group_views([frames], speakers, kind, corpus_only, pool, layers)
     if normaliser is not None and recipe.augment.mixed_groups:
         views += group_views([frames], mixed_groups(speakers, recipe.augment.mixed_groups, recipe.augment.seed),
-                             kind, normaliser, pool)
+                             kind, normaliser, pool, layers)
     views = [{u: v.astype(np.float16) for u, v in table.items()} for table in views]
     return views[0], views[1:], spec

@@ -87,7 +87,7 @@ FINGERPRINT_NEUTRAL = {
     ("augment", None): to_dict(AugmentConfig()), ("train", "stack_folds"): False,
     ("augment", "mixed_groups"): 0, ("asr", "shared_pass"): False, ("encoders", "speech_window"): "30s",
     ("encoders", "prosody"): False, ("encoders", "trim_margin"): None, ("augment", "channel"): 0.0,
-    ("train", "lr_schedule"): "constant",
+    ("train", "lr_schedule"): "constant", ("encoders", "speech_layers"): None,
 }
 
 

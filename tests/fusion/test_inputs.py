@@ -53,6 +53,26 @@ def test_stats_view_is_mean_and_std_over_time():
         view(x, "pooled")
 
 
+def test_a_view_keeps_the_layers_asked_for_after_normalising_them_all():
+    """encoders.speech_layers: every layer is standardised by its own statistics, then the head
+    reads only those asked for, in that order; asking for a layer that is not there is refused."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(1, 2, size=(20, 4, 3)).astype(np.float32)
+    mean, sd = rng.normal(size=(4, 3)).astype(np.float32), rng.uniform(0.5, 2, size=(4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(view(x, "stats", mean, sd, layers=[3, 1]), view(x, "stats", mean, sd)[:, [3, 1]])
+    np.testing.assert_array_equal(view(x, "frames", mean, sd, pool=2, layers=[0]), view(x, "frames", mean, sd, pool=2)[:, [0]])
+    assert view(x, "stats", mean, sd, layers=[2]).shape == (1, 1, 6)
+    clips = {"a": x, "b": x + 1, "c": x - 1}
+    (views,) = group_views([clips], {u: "spk" for u in clips}, "stats", Normaliser.fit("speaker", Moments.of(x), 2),
+                           layers=[1, 2])
+    (whole,) = group_views([clips], {u: "spk" for u in clips}, "stats", Normaliser.fit("speaker", Moments.of(x), 2))
+    np.testing.assert_array_equal(views["b"], whole["b"][:, [1, 2]])
+    with pytest.raises(KoemoError, match="need every layer"):
+        view(x[:, 0], "stats", layers=[0])
+    with pytest.raises(KoemoError, match=r"layers \[4\]: the encoder gives layers 0-3"):
+        view(x, "stats", layers=[4])
+
+
 def test_a_clips_statistics_standardise_like_its_frames():
     """A batch keeps each clip's statistics and normalises them once every group is summed: the
     result must be the statistics of the standardised frames, for any group's mean and sd."""

@@ -229,3 +229,30 @@ def test_a_second_head_answers_for_the_clips_the_corpus_normalises():
     own = p.predict(level(0.3), session=session)  # two: the speaker's own, the first head
     assert len(answers) == 2 and own["label"] == "neutral" and own["probabilities"]["neutral"] == pytest.approx(0.4)
     assert len(first.seen) == 1
+
+
+def test_the_lone_clip_head_reads_its_own_layers():
+    """A second head trained on fewer layers (``encoders.speech_layers`` in ``train.lone_head``)
+    gets them where the corpus statistics stand in; the first head keeps every layer."""
+    from koemo.serving.loader import speech_stage_of
+
+    norm = Normaliser("speaker", np.zeros((3, 4), np.float32), np.ones((3, 4), np.float32), 2)
+    first, second = Recorder(), Recorder()
+    p = Predictor(labels=LABELS, asr=Echo(), speech_encoder=lambda a: a[: len(a) // 12 * 12].reshape(-1, 3, 4),
+                  text_encoder=lambda t: np.zeros((1, 4), np.float32), classify=first, classify_lone=second,
+                  limits=Limits(segment_over_s=0), speech_stage=SpeechStage("stats", norm), overlap=False,
+                  speech_stage_lone=SpeechStage("stats", norm, layers=(2, 1)))
+    p.predict(level(0.2), normalise="none")
+    assert second.seen[-1].shape == (1, 2, 8) and not first.seen
+    session = Session()
+    p.predict(level(0.2), session=session)
+    p.predict(level(0.6), session=session)  # two clips: the session's statistics, the first head
+    assert first.seen[-1].shape == (1, 3, 8)
+    # a bundle records the layers its head reads; the service builds the same stage from it
+    meta = {"encoders": {"speech": {"input": {"view": "stats", "pool": 1, "layers": [2, 3],
+                                              "normalise": {"mode": "speaker", "min_clips": 3}}}}}
+    bundle = type("Bundle", (), {"meta": meta, "path": "b", "input_arrays": lambda self: {
+        "corpus_mean": np.zeros((4, 4), np.float32), "corpus_sd": np.ones((4, 4), np.float32)}})()
+    stage = speech_stage_of(bundle)
+    assert stage.layers == (2, 3) and stage.normaliser.min_clips == 3
+    assert stage(np.ones((5, 4, 4), np.float32), None).shape == (1, 2, 8)

@@ -173,3 +173,23 @@ def test_the_channel_switch_leaves_old_fingerprints_alone_and_changes_new_ones()
     assert _fingerprint(cfg, fold, "data", 1) == _fingerprint(old, fold, "data", 1)
     coloured = {**cfg, "augment": {**cfg["augment"], "channel": 1.0}}
     assert _fingerprint(coloured, fold, "data", 1) != _fingerprint(cfg, fold, "data", 1)
+
+
+def test_speech_layers_leave_layers_out_of_every_view_and_the_bundle_records_it():
+    """encoders.speech_layers: the clean view and every copy hold only the layers asked for (after
+    each speaker's statistics standardised them all), and the spec a bundle stores says which."""
+    from koemo.config import Recipe, from_dict
+    from koemo.training.features import speech_input
+
+    rng = np.random.default_rng(1)
+    utts = [Utterance(f"u{i}", "x.wav", "happy", "", f"spk{i % 3}", "g") for i in range(9)]
+    frames = {u.id: rng.standard_normal((6, 4, 3)).astype(np.float32) for u in utts}
+    base = {"encoders": {"normalise": "speaker", "speech_layer": "all"}, "model": {"fusion": "linear"},
+            "augment": {"mixed_groups": 2}}
+    whole, whole_copies, _ = speech_input(from_dict(Recipe, base), frames, utts)
+    some = from_dict(Recipe, {**base, "encoders": {**base["encoders"], "speech_layers": [3, 0]}})
+    clean, copies, spec = speech_input(some, frames, utts)
+    assert clean["u4"].shape == (1, 2, 6) and copies[0]["u4"].shape == (1, 2, 6)
+    np.testing.assert_array_equal(clean["u4"], whole["u4"][:, [3, 0]])
+    np.testing.assert_array_equal(copies[0]["u4"], whole_copies[0]["u4"][:, [3, 0]])
+    assert spec.meta()["layers"] == [3, 0] and "layers" not in speech_input(from_dict(Recipe, base), frames, utts)[2].meta()
