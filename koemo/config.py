@@ -72,7 +72,7 @@ class EncoderConfig:
     speech_layer: int | str | None = None  # None = last layer; k; "all": every layer, mixed by the head
     # With speech_layer: all, the layers the head reads (0 = the front end, 6 = whisper-base's
     # final output; the prosodic functionals, where on, are one more); null = every one. The
-    # statistics still normalise every layer first (docs/voice.md, "Layers nearest the waveform").
+    # statistics still normalise every layer first (docs/voice.md, "Speech recorded elsewhere").
     speech_layers: list[int] | None = None
     # What a Whisper encoder sees of each 30 s window: 30s (zero-padded, as Whisper was trained)
     # or clip (the clip's frames plus 1 s: a fraction of the work for short clips; other features)
