@@ -151,9 +151,17 @@ def view(frames: np.ndarray, kind: str, mean: np.ndarray | None = None, sd: np.n
     if kind not in VIEWS:
         raise KoemoError(f"speech view {kind!r}: use one of {', '.join(VIEWS)}")
     if kind == "stats":
-        return select_layers(standardised_stats(clip_stats(frames), mean, sd), layers)
+        return stats_view(clip_stats(frames), mean, sd, layers)
     x = normalise(frames, mean, sd) if mean is not None else np.asarray(frames, dtype=np.float32)
     return select_layers(pool_time(x, pool), layers)
+
+
+def stats_view(stats: np.ndarray, mean: np.ndarray | None = None, sd: np.ndarray | None = None,
+               layers: Sequence[int] | None = None) -> np.ndarray:
+    """The ``stats`` view from a clip's raw :func:`clip_stats`: standardised by ``mean``/``sd``
+    (when given), then its ``layers``. :func:`view` and the service's kept statistics
+    (:class:`koemo.serving.predictor.ClipStats`) both end here."""
+    return select_layers(standardised_stats(stats, mean, sd), layers)
 
 
 def select_layers(x: np.ndarray, layers: Sequence[int] | None) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from koemo.data.audio import SAMPLE_RATE
 from koemo.errors import BadInputError, KoemoError
-from koemo.fusion.inputs import Moments, Normaliser, clip_stats, select_layers, standardised_stats, view
+from koemo.fusion.inputs import Moments, Normaliser, clip_stats, stats_view, view
 from koemo.serving.limits import Limits
 from koemo.serving.segment import SegmentConfig, Span, cut, speech_spans, too_short, trimmed_span
 from koemo.serving.sessions import NORMALISE_MODES, Session
@@ -61,14 +61,14 @@ class SpeechStage:
         """The head's input from an utterance's frames (or their :meth:`summary`) in ``group``."""
         mean_sd = self.normaliser.stats_for(group) if self.normaliser is not None else (None, None)
         if isinstance(frames, ClipStats):
-            return select_layers(standardised_stats(frames.stats, *mean_sd), self.layers)
+            return stats_view(frames.stats, *mean_sd, self.layers)
         return view(frames, self.view, *mean_sd, pool=self.pool, layers=self.layers)
 
     def summary(self, frames: np.ndarray) -> np.ndarray | ClipStats:
         """What an utterance's frames are kept as until its group is known: for the stats view
         their statistics over time (any group's standardisation follows from them exactly), else
         the frames."""
-        return ClipStats(clip_stats(frames)) if self.view == "stats" else frames
+        return ClipStats(clip_stats(frames)) if self.compact else frames
 
     @property
     def compact(self) -> bool:
@@ -86,7 +86,6 @@ class Encoded:
     (:meth:`Predictor.encode`). A batch keeps one per file while it sums every file's statistics
     (:meth:`koemo.Recognizer.iter_batch`), so each file's encoders run once."""
 
-    name: str
     duration: float  # seconds of audio
     spans: list[Span]
     utterances: list[tuple[str, Any, Any]]  # (transcript, SpeechStage.summary of the frames, text features)
@@ -175,7 +174,7 @@ class Predictor:
                 moments = m if moments is None else moments + m
             utterances.append((transcript, self.speech_stage.summary(frames), text))
         warnings = [w for w in (too_short(audio, span, self.segment_config) for span in spans) if w]
-        return Encoded(name, len(audio) / SAMPLE_RATE, spans, utterances, moments, timings, warnings,
+        return Encoded(len(audio) / SAMPLE_RATE, spans, utterances, moments, timings, warnings,
                        time.perf_counter() - t_start)
 
     def finish(self, encoded: Encoded, *, session: Session | None = None, normalise: str | None = None,

@@ -197,7 +197,7 @@ class Recognizer:
             # A head reading clip statistics keeps each file's encoding (small) and classifies it
             # in the second pass: one Whisper pass per file. A head reading frames would keep every
             # file's frames, so its files are encoded again instead.
-            keep = getattr(stage, "compact", False)
+            keep = stage.compact
             for path in _progress(files, progress, "statistics" if not keep else "encoding"):
                 session = sessions.setdefault(group_of(path), Session())
                 try:

@@ -29,7 +29,7 @@ class FakePredictor:
 
     def __init__(self, normalises: bool = False):
         self.calls: list[tuple] = []
-        self.speech_stage = type("Stage", (), {"normaliser": object() if normalises else None})()
+        self.speech_stage = type("Stage", (), {"normaliser": object() if normalises else None, "compact": False})()
 
     def observe(self, audio, session, *, name):
         self.calls.append(("observe", name, len(audio)))
