@@ -1,0 +1,166 @@
+"""How fast can ``predict`` be on this CPU? The arithmetic floor of each stage.
+
+    python benchmarks/latency_floor.py [--runs 7] [--model BUNDLE] [--json out.json]
+
+``predict`` on a 5 s clip is a chain: the Whisper encoder's pass, greedy decoding from it, the
+text encoder on the transcript, the head. Each waits for the one before, so the stages add up.
+This counts the encoder's floating-point work from its config (a 30 s window and the clip window
+of ``encoders.speech_window: clip``), measures what this machine's float32 matrix multiply
+reaches at the encoder's own shapes (the best any implementation can hope for), and puts the
+encoder's floor (its work at that rate) beside the measured stages of ``Predictor.predict``
+(p50 of ``--runs``, default bundle, shared pass). It also times the encoder's ONNX export with
+its MatMuls quantised to int8 (onnxruntime's dynamic quantisation), the one way under the float32
+floor, and how far that moves each layer's frames: a bundle trained on float32 features would
+read other inputs. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def p50(fn, runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def encoder_gflop(config, frames: int) -> float:
+    """Multiply-adds x 2 of a Whisper encoder pass over ``frames`` encoder frames (``2 x frames``
+    mel frames): the two convolutions, then per block the q/k/v/out projections, the feed-forward
+    and the attention's two ``frames x frames`` products. Norms, GELU and softmax are left out
+    (a few percent)."""
+    d, ff, mels = config.d_model, config.encoder_ffn_dim, config.num_mel_bins
+    conv = 2 * frames * mels * d * 3 + frames * d * d * 3
+    block = 4 * frames * d * d + 2 * frames * d * ff + 2 * frames * frames * d
+    return 2 * (conv + config.encoder_layers * block) / 1e9
+
+
+def matmul_gflops(config, runs: int) -> float:
+    """The best float32 rate torch reaches here on the encoder's own products (1500 frames)."""
+    import torch
+
+    d, ff, best = config.d_model, config.encoder_ffn_dim, 0.0
+    for k, n in ((d, ff), (ff, d), (d, d)):
+        a, b = torch.randn(1500, k), torch.randn(k, n)
+        best = max(best, 2 * 1500 * k * n / p50(lambda: a @ b, runs * 3) / 1e9)
+    return best
+
+
+def predict_stages(model: str | None, runs: int) -> dict:
+    """p50 of each stage ``Predictor.predict`` times, and of the whole call, on a ~5 s clip."""
+    from bench_shared_pass import _utts
+
+    from koemo.data.audio import load_audio
+    from koemo.serving.limits import Limits
+    from koemo.serving.loader import load_predictor
+
+    utt = min(_utts(), key=lambda u: abs(u.duration - 5.0))
+    audio = load_audio(utt.audio)
+    predictor = load_predictor(model, limits=Limits(max_duration_s=0), shared_pass=True)
+    predictor.predict(audio)
+    timings, total = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        timings.append(predictor.predict(audio)["timings"])
+        total.append(time.perf_counter() - t)
+    out = {k: float(np.median([t[k] for t in timings])) for k in timings[0] if k != "total"}
+    out["total"] = float(np.median(total))
+    return {"clip": utt.id, "duration_s": round(len(audio) / 16000, 2), "p50_s": out}
+
+
+def int8_encoder(runs: int) -> dict:
+    """The every-layer ONNX encoder against the same graph with int8 MatMuls: p50 and, per
+    layer, the mean |difference| of the clip's frames relative to their mean |value|."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from koemo.encoders import get_speech_encoder
+    from koemo.encoders.base import num_threads, speech_settings
+    from koemo.encoders.whisper import log_mel_windows
+    from koemo.encoders.whisper_onnx import onnx_path
+    from koemo.paths import atomic_path, cache_root
+
+    enc = get_speech_encoder("whisper-base-encoder", **speech_settings({"speech_layer": "all"}))
+    enc._onnx_encoder()  # exports the float32 graph into the cache where missing
+    src = onnx_path(enc.checksum, None, True)
+    dst = cache_root() / "bench" / f"{src.stem}-int8.onnx"
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst) as tmp:
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    from bench_shared_pass import _utts
+
+    from koemo.data.audio import load_audio
+
+    utt = min(_utts(), key=lambda u: abs(u.duration - 5.0))
+    audio = load_audio(utt.audio)
+    mels, keep = log_mel_windows(audio)
+    x = np.ascontiguousarray(mels[0][None], dtype=np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = num_threads(), 1
+    res, outs = {}, {}
+    for name, path in (("float32", src), ("int8", dst)):
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        outs[name] = session.run(None, {"mel": x})[0][0, : keep[0]]
+        res[f"{name}_p50_s"] = p50(lambda: session.run(None, {"mel": x}), runs)
+    ref, q = outs["float32"], outs["int8"]
+    res["layer_relative_error"] = [float(np.abs(ref[:, i] - q[:, i]).mean() / np.abs(ref[:, i]).mean())
+                                   for i in range(ref.shape[1])]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--model", default=None, help="this bundle instead of the default one")
+    ap.add_argument("--json", help="also write the numbers here")
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
+
+    from koemo.encoders import get_speech_encoder
+    from koemo.encoders.base import num_threads, speech_settings
+    from koemo.encoders.whisper import CLIP_MARGIN_S, FRAME_SAMPLES, MEL_FRAMES
+
+    torch.set_num_threads(num_threads())
+    config = get_speech_encoder("whisper-base-encoder", **speech_settings({"speech_layer": "all"}))._torch_encoder().config
+    rate = matmul_gflops(config, args.runs)
+    stages = predict_stages(args.model, args.runs)
+    work = {"30s": encoder_gflop(config, MEL_FRAMES // 2),
+            "clip": encoder_gflop(config, round(stages["duration_s"] * 16000 / FRAME_SAMPLES + CLIP_MARGIN_S * 16000 / FRAME_SAMPLES))}
+    int8 = int8_encoder(args.runs)
+    s = stages["p50_s"]
+    floor = work["30s"] / rate + s["asr"] + s["text_encoder"] + s["fusion"]
+    res = {"matmul_gflops": rate, "encoder_gflop": work, "encoder_floor_s": {k: v / rate for k, v in work.items()},
+           "stages": stages, "predict_floor_s": floor, "int8": int8, "threads": num_threads()}
+    print(json.dumps(res, indent=1))
+    print(f"\nfloat32 matmul here: {rate:.0f} GFLOP/s ({num_threads()} threads); encoder pass, 30 s window: "
+          f"{work['30s']:.1f} GFLOP, clip window ({stages['duration_s']} s clip): {work['clip']:.1f} GFLOP\n")
+    print("| stage | measured p50 (s) | floor (s) |\n|---|---:|---:|")
+    print(f"| speech encoder (mel + pass, 30 s window) | {s['speech_encoder']:.3f} | {work['30s'] / rate:.3f} |")
+    print(f"| ASR: VAD + greedy decoding from the pass | {s['asr']:.3f} | (measured) |")
+    print(f"| text encoder | {s['text_encoder']:.3f} | (measured) |")
+    print(f"| head | {s['fusion']:.3f} | (measured) |")
+    print(f"| `predict` | {s['total']:.3f} | {floor:.3f} |")
+    errors = ", ".join(f"{e:.3f}" for e in int8["layer_relative_error"])
+    print(f"\nONNX encoder, float32 {int8['float32_p50_s']:.3f} s, int8 MatMuls {int8['int8_p50_s']:.3f} s; "
+          f"int8 frames' relative error by layer (0 = front end): {errors}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
