@@ -25,7 +25,7 @@ from koemo.errors import BadInputError, KoemoError
 from koemo.serving.limits import Limits, RejectedAudio, decode_audio
 from koemo.serving.predictor import Predictor
 from koemo.serving.security import Security, error_response, install_security, tag_service_log
-from koemo.serving.sessions import NORMALISE_MODES, SESSION_ID, Sessions
+from koemo.serving.sessions import NORMALISE_MODES, SESSION_ID, Session, Sessions
 from koemo.serving.stream import register_stream
 
 log = logging.getLogger("koemo.serving")
@@ -191,9 +191,13 @@ def _parse_json(body: bytes) -> tuple[bytes, str]:
     return data, name
 
 
-def create_app(predictor: Predictor, limits: Limits | None = None, security: Security | None = None) -> FastAPI:
+def create_app(predictor: Predictor, limits: Limits | None = None, security: Security | None = None,
+               deployment_session: bool = False) -> FastAPI:
     """The FastAPI app serving ``predictor`` (already loaded) under ``limits``; ``security``: API
-    keys, rate limit, CORS, transcript logging (default: open, no CORS, no transcripts logged)."""
+    keys, rate limit, CORS, transcript logging (default: open, no CORS, no transcripts logged).
+    ``deployment_session``: requests without ``session=ID`` share one session, so each is
+    normalised by the voice statistics of all such requests so far (this deployment's channel and
+    callers) instead of the studio corpus's; measured in ``benchmarks/deployment_stats.py``."""
     limits = limits or predictor.limits
     security = security or Security()
     tag_service_log()
@@ -214,12 +218,14 @@ def create_app(predictor: Predictor, limits: Limits | None = None, security: Sec
 
     sessions = Sessions()
     register_stream(app, predictor, limits, sessions=sessions, limiter=limiter)  # WebSocket /v1/stream
+    # not in `sessions`: no id a client could name, no idle expiry, never evicted by other sessions
+    deployment = Session() if deployment_session else None
 
     def run_job(data: bytes, name: str, session_id: str | None, normalise: str | None) -> dict[str, Any]:
         t0 = time.perf_counter()
         audio = decode_audio(data, name, limits)
         decode_s = time.perf_counter() - t0
-        session = sessions.get(session_id) if session_id else None
+        session = sessions.get(session_id) if session_id else deployment
         result = predictor.predict(audio, name=name, session=session, normalise=normalise)
         result["timings"]["decode"] = round(decode_s, 4)
         result["timings"]["total"] = round(result["timings"]["total"] + decode_s, 4)
@@ -235,7 +241,10 @@ def create_app(predictor: Predictor, limits: Limits | None = None, security: Sec
             f"recordings over {limits.segment_over_s:g} s are cut into utterances. Query `session=ID`: "
             "recordings of one speaker or call share an id, and each is normalised by the voice "
             "statistics of the session so far (`normalise=speaker`, the default with a session); "
-            "`normalise=file` uses the recording's own utterances, `none` the training corpus's."
+            "`normalise=file` uses the recording's own utterances, `none` the training corpus's. "
+            + ("This server keeps a deployment session: a request without `session` joins it (all "
+               "such requests so far normalise each one)." if deployment_session else
+               "Without `session`, a recording is its own group (`file`).")
         ),
         openapi_extra={"requestBody": _PREDICT_BODY},
         responses={code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()},
@@ -318,7 +327,9 @@ def create_app(predictor: Predictor, limits: Limits | None = None, security: Sec
 
     @app.get("/v1/model", summary="Labels, encoders and versions of the loaded model")
     async def model() -> dict[str, Any]:
-        return {**predictor.describe(), "limits": {
+        seen = deployment.moments.clips if deployment is not None and deployment.moments is not None else 0
+        return {**predictor.describe(), "deployment_session": {"on": deployment is not None, "utterances": seen},
+                "limits": {
             "max_upload_mb": limits.max_upload_mb,
             "max_duration_s": limits.max_duration_s,
             "segment_over_s": limits.segment_over_s,

@@ -108,7 +108,7 @@ def test_koemo_serve_starts_and_answers(trained_bundle):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "koemo.cli", "serve", "--port", str(port), "--model", str(trained_bundle),
-         "--asr", "whisper-base", "--max-duration", "60"],
+         "--asr", "whisper-base", "--max-duration", "60", "--deployment-session"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -126,6 +126,7 @@ def test_koemo_serve_starts_and_answers(trained_bundle):
         model = httpx.get(f"{url}/v1/model").json()
         assert model["labels"] == list(LABELS) and model["limits"]["max_duration_s"] == 60
         assert model["bundle"] == str(trained_bundle)
+        assert model["deployment_session"] == {"on": True, "utterances": 0}
         r = httpx.post(f"{url}/v1/predict", content=b"junk", headers={"content-type": "audio/wav"})
         assert r.status_code == 415 and r.json()["file"] == "<uploaded audio>"
     finally:

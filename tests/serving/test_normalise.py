@@ -152,6 +152,32 @@ def test_the_service_keeps_a_session_per_id():
         assert odd.status_code == 422
 
 
+def test_a_deployment_session_gathers_the_requests_that_name_none():
+    """``koemo serve --deployment-session``: a request without ``session`` is normalised by all
+    such requests so far; one with a session keeps its own, and does not join."""
+    from fastapi.testclient import TestClient
+
+    from koemo.serving.app import create_app
+
+    wav = {"content": wav_bytes(level(0.2)), "headers": {"content-type": "audio/wav"}}
+    louder = {"content": wav_bytes(level(0.6)), "headers": {"content-type": "audio/wav"}}
+    p, rec = make_predictor(min_clips=2)
+    with TestClient(create_app(p, Limits(segment_over_s=0), deployment_session=True)) as client:
+        assert client.post("/v1/predict", **wav).status_code == 200
+        np.testing.assert_allclose(rec.seen[-1][0, :10], -0.3, atol=0.02)  # one so far: the corpus's
+        assert client.post("/v1/predict", **louder).status_code == 200
+        np.testing.assert_allclose(rec.seen[-1][0, :10], 1.0, rtol=0.1)  # (0.6 - 0.4) / 0.2
+        assert client.post("/v1/predict?session=caller-1", **louder).status_code == 200
+        np.testing.assert_allclose(rec.seen[-1][0, :10], 0.1, atol=0.02)  # its own session: one clip
+        assert client.get("/v1/model").json()["deployment_session"] == {"on": True, "utterances": 2}
+    p, rec = make_predictor(min_clips=2)
+    with TestClient(create_app(p, Limits(segment_over_s=0))) as client:  # off: each request alone
+        for req in (wav, louder):
+            assert client.post("/v1/predict", **req).status_code == 200
+        np.testing.assert_allclose(rec.seen[-1][0, :10], 0.1, atol=0.02)
+        assert client.get("/v1/model").json()["deployment_session"] == {"on": False, "utterances": 0}
+
+
 def test_a_short_recording_is_cut_to_its_speech_before_the_encoders():
     """Silence at the edges is frames too: a clip with 2 s of silence either side must give the
     encoders what the clip alone gives (plus the margin), at any level."""
