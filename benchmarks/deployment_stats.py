@@ -14,9 +14,11 @@ This replays the recipe's 100 unheard text-neutral test clips as a stream of req
 orders, under ``channel_shift.py``'s channels, and scores each request as the service would:
 ``alone`` (the corpus statistics and the second head, every request); ``deployment`` (the
 statistics of the requests so far, itself included, and the first head, once at least
-``encoders.normalise_min_clips`` have come; the second head before). Two streams: ``balanced`` (the
-100 clips, a quarter of each emotion) and ``mostly neutral`` (the 25 neutral clips and 5 drawn from
-each other emotion: 40 requests, 62% neutral, as a service's traffic may be). Weighted F1 over all
+``encoders.normalise_min_clips`` have come; the second head before). Three streams: ``balanced`` (the
+100 clips, a quarter of each emotion), ``mostly neutral`` (the 25 neutral clips and 5 drawn from
+each other emotion: 40 requests, 62% neutral, as a service's traffic may be) and ``by emotion`` (the
+100 clips one emotion after another, as a test that walks a corpus laid out by label would send
+them: the worst case of the running statistics). Weighted F1 over all
 requests of a stream, and over those after the first 20 (``settled``); mean ± sd over the seeds'
 fold bundles (5) x orders. Needs the recipe's text-neutral fold bundles of both heads (``koemo
 train --final -r emotiontts --cv-seeds 5``).
@@ -91,7 +93,9 @@ def main() -> None:
                 others = [[u.id for u in test if u.label == lab] for lab in labels if lab != "neutral"]
                 streams = {"balanced": list(rng.permutation([u.id for u in test])),
                            "mostly neutral": list(rng.permutation(neutral + [i for ids in others
-                                                                             for i in rng.choice(ids, 5, replace=False)]))}
+                                                                             for i in rng.choice(ids, 5, replace=False)])),
+                           "by emotion": [i for lab in rng.permutation(labels)
+                                          for i in rng.permutation([u.id for u in test if u.label == lab])]}
                 for stream, ids in streams.items():
                     groups = running_groups([moments[i] for i in ids], norm.min_clips)
                     # a clip comes once a stream, so its id keys the view its request gets

@@ -328,13 +328,10 @@ def create_app(predictor: Predictor, limits: Limits | None = None, security: Sec
     @app.get("/v1/model", summary="Labels, encoders and versions of the loaded model")
     async def model() -> dict[str, Any]:
         seen = deployment.moments.clips if deployment is not None and deployment.moments is not None else 0
+        limits_ = {"max_upload_mb": limits.max_upload_mb, "max_duration_s": limits.max_duration_s,
+                   "segment_over_s": limits.segment_over_s, "workers": limits.workers}
         return {**predictor.describe(), "deployment_session": {"on": deployment is not None, "utterances": seen},
-                "limits": {
-            "max_upload_mb": limits.max_upload_mb,
-            "max_duration_s": limits.max_duration_s,
-            "segment_over_s": limits.segment_over_s,
-            "workers": limits.workers,
-        }}
+                "limits": limits_}
 
     @app.exception_handler(KoemoError)
     async def koemo_error(request: Request, exc: KoemoError):

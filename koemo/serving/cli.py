@@ -137,7 +137,7 @@ def serve(
     deployment_session: bool = typer.Option(False, "--deployment-session", help="Requests without session=ID share one "
                                             "session: once 3 utterances have come, each is normalised by the voice "
                                             "statistics of all such requests so far (this service's channel and callers) "
-                                            "instead of the studio corpus's; +11 to +18 points of weighted F1 under a new "
+                                            "instead of the studio corpus's; +12 to +18 points of weighted F1 under a new "
                                             "channel (benchmarks/deployment_stats.py). Traffic of a single emotion would be "
                                             "normalised towards neutral. Off by default."),
     runtime: str = RuntimeOpt,
