@@ -81,16 +81,15 @@ def main() -> None:
             shifted.update(ts.store.speech(enc.speech, test, **ts.settings, transform=Channel(channel, tuple(ts.utts))))
         raw = {u.id: clip_stats(shifted[u.id]) for u in test}
         moments = {u.id: Moments.of(shifted[u.id]) for u in test}
-        corpus_mean, corpus_sd = norm.corpus_mean, norm.corpus_sd
-        alone_second = {i: stats_view(raw[i], corpus_mean, corpus_sd, layers_second) for i in raw}
+        alone_second = {i: stats_view(raw[i], *norm.stats_for(None), layers_second) for i in raw}  # corpus statistics
         scores: dict = {}
         for seed, (first_b, second_b) in enumerate(zip(ts.models, seconds)):
             labels = list(first_b.labels)
             p_alone = dict(zip(raw, probs(second_b, list(raw), alone_second)))
             rng = np.random.default_rng(seed)
+            neutral = [u.id for u in test if u.label == "neutral"]
+            others = [[u.id for u in test if u.label == lab] for lab in labels if lab != "neutral"]
             for order in range(args.orders):
-                neutral = [u.id for u in test if u.label == "neutral"]
-                others = [[u.id for u in test if u.label == lab] for lab in labels if lab != "neutral"]
                 streams = {"balanced": list(rng.permutation([u.id for u in test])),
                            "mostly neutral": list(rng.permutation(neutral + [i for ids in others
                                                                              for i in rng.choice(ids, 5, replace=False)])),

@@ -59,16 +59,21 @@ def matmul_gflops(config, runs: int) -> float:
     return best
 
 
-def predict_stages(model: str | None, runs: int) -> dict:
-    """p50 of each stage ``Predictor.predict`` times, and of the whole call, on a ~5 s clip."""
+def five_second_clip():
+    """The EmotionTTS clip nearest 5 s (``bench_shared_pass.py latency``'s) and its samples."""
     from bench_shared_pass import _utts
 
     from koemo.data.audio import load_audio
+
+    utt = min(_utts(), key=lambda u: abs(u.duration - 5.0))
+    return utt, load_audio(utt.audio)
+
+
+def predict_stages(model: str | None, audio: np.ndarray, runs: int) -> dict:
+    """p50 of each stage ``Predictor.predict`` times, and of the whole call, on ``audio``."""
     from koemo.serving.limits import Limits
     from koemo.serving.loader import load_predictor
 
-    utt = min(_utts(), key=lambda u: abs(u.duration - 5.0))
-    audio = load_audio(utt.audio)
     predictor = load_predictor(model, limits=Limits(max_duration_s=0), shared_pass=True)
     predictor.predict(audio)
     timings, total = [], []
@@ -78,22 +83,18 @@ def predict_stages(model: str | None, runs: int) -> dict:
         total.append(time.perf_counter() - t)
     out = {k: float(np.median([t[k] for t in timings])) for k in timings[0] if k != "total"}
     out["total"] = float(np.median(total))
-    return {"clip": utt.id, "duration_s": round(len(audio) / 16000, 2), "p50_s": out}
+    return out
 
 
-def int8_encoder(runs: int) -> dict:
+def int8_encoder(enc, audio: np.ndarray, runs: int) -> dict:
     """The every-layer ONNX encoder against the same graph with int8 MatMuls: p50 and, per
     layer, the mean |difference| of the clip's frames relative to their mean |value|."""
-    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from koemo.encoders import get_speech_encoder
-    from koemo.encoders.base import num_threads, speech_settings
     from koemo.encoders.whisper import log_mel_windows
-    from koemo.encoders.whisper_onnx import onnx_path
+    from koemo.encoders.whisper_onnx import _session, onnx_path
     from koemo.paths import atomic_path, cache_root
 
-    enc = get_speech_encoder("whisper-base-encoder", **speech_settings({"speech_layer": "all"}))
     enc._onnx_encoder()  # exports the float32 graph into the cache where missing
     src = onnx_path(enc.checksum, None, True)
     dst = cache_root() / "bench" / f"{src.stem}-int8.onnx"
@@ -101,21 +102,13 @@ def int8_encoder(runs: int) -> dict:
         dst.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dst) as tmp:
             quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-    from bench_shared_pass import _utts
-
-    from koemo.data.audio import load_audio
-
-    utt = min(_utts(), key=lambda u: abs(u.duration - 5.0))
-    audio = load_audio(utt.audio)
     mels, keep = log_mel_windows(audio)
-    x = np.ascontiguousarray(mels[0][None], dtype=np.float32)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = num_threads(), 1
+    x = mels[0][None]
     res, outs = {}, {}
     for name, path in (("float32", src), ("int8", dst)):
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        outs[name] = session.run(None, {"mel": x})[0][0, : keep[0]]
-        res[f"{name}_p50_s"] = p50(lambda: session.run(None, {"mel": x}), runs)
+        run = _session(path)  # the service's session options
+        outs[name] = run(x)[0, : keep[0]]
+        res[f"{name}_p50_s"] = p50(lambda: run(x), runs)
     ref, q = outs["float32"], outs["int8"]
     res["layer_relative_error"] = [float(np.abs(ref[:, i] - q[:, i]).mean() / np.abs(ref[:, i]).mean())
                                    for i in range(ref.shape[1])]
@@ -136,19 +129,22 @@ def main() -> None:
     from koemo.encoders.whisper import CLIP_MARGIN_S, FRAME_SAMPLES, MEL_FRAMES
 
     torch.set_num_threads(num_threads())
-    config = get_speech_encoder("whisper-base-encoder", **speech_settings({"speech_layer": "all"}))._torch_encoder().config
+    enc = get_speech_encoder("whisper-base-encoder", **speech_settings({"speech_layer": "all"}))
+    config = enc._torch_encoder().config
+    utt, audio = five_second_clip()
+    duration = round(len(audio) / 16000, 2)
     rate = matmul_gflops(config, args.runs)
-    stages = predict_stages(args.model, args.runs)
+    s = predict_stages(args.model, audio, args.runs)
+    stages = {"clip": utt.id, "duration_s": duration, "p50_s": s}
     work = {"30s": encoder_gflop(config, MEL_FRAMES // 2),
-            "clip": encoder_gflop(config, round(stages["duration_s"] * 16000 / FRAME_SAMPLES + CLIP_MARGIN_S * 16000 / FRAME_SAMPLES))}
-    int8 = int8_encoder(args.runs)
-    s = stages["p50_s"]
+            "clip": encoder_gflop(config, round(duration * 16000 / FRAME_SAMPLES + CLIP_MARGIN_S * 16000 / FRAME_SAMPLES))}
+    int8 = int8_encoder(enc, audio, args.runs)
     floor = work["30s"] / rate + s["asr"] + s["text_encoder"] + s["fusion"]
     res = {"matmul_gflops": rate, "encoder_gflop": work, "encoder_floor_s": {k: v / rate for k, v in work.items()},
            "stages": stages, "predict_floor_s": floor, "int8": int8, "threads": num_threads()}
     print(json.dumps(res, indent=1))
     print(f"\nfloat32 matmul here: {rate:.0f} GFLOP/s ({num_threads()} threads); encoder pass, 30 s window: "
-          f"{work['30s']:.1f} GFLOP, clip window ({stages['duration_s']} s clip): {work['clip']:.1f} GFLOP\n")
+          f"{work['30s']:.1f} GFLOP, clip window ({duration} s clip): {work['clip']:.1f} GFLOP\n")
     print("| stage | measured p50 (s) | floor (s) |\n|---|---:|---:|")
     print(f"| speech encoder (mel + pass, 30 s window) | {s['speech_encoder']:.3f} | {work['30s'] / rate:.3f} |")
     print(f"| ASR: VAD + greedy decoding from the pass | {s['asr']:.3f} | (measured) |")
