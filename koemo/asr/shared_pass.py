@@ -248,8 +248,8 @@ class SharedWhisper:
         hf = tokenizers.Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         tokenizer = Tokenizer(hf, self.model.is_multilingual, task="transcribe", language=WhisperBackend.language)
         if options is None:
-            # "30s": koemo.encoders.base.DEFAULT_WINDOW (asr sits below encoders and cannot import it)
-            short = getattr(speech_encoder, "window", "30s") != "30s"
+            # "clip": the window that feeds the decoder only the clip's frames (the others give it 1500)
+            short = getattr(speech_encoder, "window", "30s") == "clip"
             options = DecodeOptions(after_end_s=AFTER_END_S if short else None)
         self.decoder = WindowDecoder(self.model, tokenizer, get_suppressed_tokens(tokenizer, [-1]), options)
         self.extra_passes = 0  # windows decoded again from a mid-window timestamp (a second encoder pass)

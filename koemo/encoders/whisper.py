@@ -18,6 +18,12 @@ and concatenated. ``window`` says what the encoder sees of a window:
   features no longer depend on how much padding follows it. The decoder reads the shorter
   output as well (CTranslate2 takes any length; CER and costs in docs/encoders.md). Other features
   than ``30s``'s, so another encoder id: a bundle trained on one reads only that one.
+- ``30s-merged``: the whole zero-padded window, but the padding after the clip plus
+  :data:`CLIP_MARGIN_S` goes through the blocks as one token per :data:`MERGE_GROUP` frames
+  (:func:`koemo.encoders.whisper_graph.merged_outputs`): a 5 s clip costs about a third of the
+  work, the clip's frames still see (an average of) the padding Whisper was trained with, and
+  the decoder reads 1500 frames as with ``30s``. Other features again (its own id); measured in
+  docs/encoders.md. Runs in PyTorch whatever the runtime (its graph follows the clip's length).
 
 Layers: ``layer=None`` (or the number of layers, 6 for base) is the encoder output after its final
 layer norm; ``layer=k`` (0..5) is the output of the first k transformer blocks (0 = the
@@ -36,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from koemo.encoders.base import ALL_LAYERS, SPEECH_ENCODERS, SpeechEncoder, installed_checksum, num_threads, short
-from koemo.encoders.whisper_graph import encoder_outputs
+from koemo.encoders.whisper_graph import encoder_outputs, merged_outputs
 from koemo.errors import KoemoError
 
 WINDOW_SAMPLES = 30 * 16_000  # 30 s
@@ -44,17 +50,25 @@ MEL_FRAMES = 3000
 HOP = 160
 FRAME_SAMPLES = 2 * HOP  # the encoder's stride-2 convolution: 20 ms per frame
 MODEL_NAME = "whisper-base"
-WINDOWS = ("30s", "clip")
+WINDOWS = ("30s", "clip", "30s-merged")
 CLIP_MARGIN_S = 1.0  # window="clip": the padding kept after the audio (the decoder sees where speech ends)
+MERGE_GROUP = 8  # window="30s-merged": padding frames per token
 
 
 def window_frames(chunk_samples: int, window: str) -> int:
     """Encoder frames fed for a window holding ``chunk_samples`` of audio: all 1500 (``30s``),
-    or those covering the audio plus the margin (``clip``)."""
-    if window == "30s":
+    or those covering the audio plus the margin (``clip``). ``30s-merged`` feeds the whole window
+    (:func:`kept_apart` says which frames it keeps unmerged)."""
+    if window != "clip":
         return MEL_FRAMES // 2
     keep = max(1, math.ceil(chunk_samples / FRAME_SAMPLES))
     return min(MEL_FRAMES // 2, keep + round(CLIP_MARGIN_S * 16_000 / FRAME_SAMPLES))
+
+
+def kept_apart(chunk_samples: int) -> int:
+    """``30s-merged``: the frames of a window computed one by one, those covering the audio plus
+    the margin; the rest is merged."""
+    return min(MEL_FRAMES // 2, max(1, math.ceil(chunk_samples / FRAME_SAMPLES)) + round(CLIP_MARGIN_S * 16_000 / FRAME_SAMPLES))
 
 
 def log_mel_windows(audio: np.ndarray, n_mels: int = 80, window: str = "30s") -> tuple[list[np.ndarray], list[int]]:
@@ -232,7 +246,7 @@ class WhisperBaseEncoder(SpeechEncoder):
                  model_dir: str | Path | None = None, runtime: str = "torch", window: str = "30s"):
         self.model_dir = _model_dir(model_dir)
         if window not in WINDOWS:
-            raise KoemoError(f"{self.name}: window must be {' or '.join(WINDOWS)}, not {window!r}")
+            raise KoemoError(f"{self.name}: window must be one of {', '.join(WINDOWS)}, not {window!r}")
         self.window = window
         self.n_layers = 6
         if layer == ALL_LAYERS:
@@ -253,8 +267,9 @@ class WhisperBaseEncoder(SpeechEncoder):
             raise KoemoError(f"{self.name}: runtime must be {' or '.join(self.runtimes)}, not {runtime!r}")
         if self.backend == "ct2" and window != "30s":
             raise KoemoError(f"{self.name}: the CTranslate2 backend encodes whole 30 s windows; use backend=torch")
-        # the ct2 backend is CTranslate2's own runtime already
-        self.runtime = runtime if self.backend == "torch" else "torch"
+        # the ct2 backend is CTranslate2's own runtime already; the merged window's graph depends on
+        # the clip's length, which the exported graph cannot follow: PyTorch runs it either way
+        self.runtime = runtime if self.backend == "torch" and window != "30s-merged" else "torch"
         self._onnx = None
         self._ct2 = None
         self._torch = None
@@ -270,7 +285,8 @@ class WhisperBaseEncoder(SpeechEncoder):
     @property
     def id(self) -> str:
         layer = "last" if self.layer is None else str(self.layer)
-        mel = "30s-window" if self.window == "30s" else f"clip+{CLIP_MARGIN_S:g}s"
+        mel = {"30s": "30s-window", "clip": f"clip+{CLIP_MARGIN_S:g}s",
+               "30s-merged": f"30s-window-merged{MERGE_GROUP}+{CLIP_MARGIN_S:g}s"}[self.window]
         return f"{self.name}|{self.backend}-float32|layer={layer}|mel={mel}|model={short(self.checksum)}"
 
     def _ct2_model(self):
@@ -323,6 +339,16 @@ class WhisperBaseEncoder(SpeechEncoder):
         cover the audio."""
         mels, keep = log_mel_windows(audio, window=self.window)
         outs: list[np.ndarray] = []
+        if self.window == "30s-merged":  # each window keeps its own frames apart: one at a time
+            import torch
+
+            n = max(1, len(audio))
+            chunks = [min(WINDOW_SAMPLES, n - start) for start in range(0, n, WINDOW_SAMPLES)]
+            with torch.inference_mode():
+                for mel, samples in zip(mels, chunks):
+                    outs.extend(merged_outputs(self._torch_encoder(), torch.from_numpy(mel[None]),
+                                               kept_apart(samples), MERGE_GROUP, bool(self.stacked)).numpy())
+            return outs, keep
         for batch in same_length_runs(mels):
             if self.backend == "ct2":
                 import ctranslate2

@@ -262,3 +262,7 @@ def test_the_shared_pass_drops_segments_past_the_audio_only_over_a_clip_window(r
     # both decide the transcript, so the transcript cache keeps them apart
     assert clip.params()["after_end_s"] == 0.5 and clip.params()["shared_pass"] != padded.params()["shared_pass"]
     assert "after_end_s" not in padded.params()  # transcripts cached before the option existed stay valid
+    merged = SharedWhisper(get_speech_encoder("whisper-base-encoder", layer="all", window="30s-merged"))
+    # the merged window hands the decoder 1500 frames, as the whole window does
+    assert merged.decoder.options.after_end_s is None
+    assert merged.params()["shared_pass"] not in (padded.params()["shared_pass"], clip.params()["shared_pass"])

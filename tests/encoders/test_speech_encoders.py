@@ -85,12 +85,41 @@ def test_whisper_clip_window_encodes_the_clip_and_one_second_after(require_model
     frames, final = clip.encode_windows(tone(2.0))
     assert [f.shape for f in final] == [(150, 512)]  # what the decoder reads: the clip + 1 s
     np.testing.assert_allclose(frames[:, -1], final[0][:100], atol=1e-5)
-    for bad, match in [(dict(window="5s"), "window must be 30s or clip, not '5s'"),
+    for bad, match in [(dict(window="5s"), "window must be one of 30s, clip, 30s-merged, not '5s'"),
                        (dict(window="clip", backend="ct2"), "CTranslate2 backend encodes whole 30 s windows")]:
         with pytest.raises(KoemoError, match=match):
             type(clip)(**bad)
     with pytest.raises(KoemoError, match="fine-tuning encodes whole 30 s windows"):
         type(clip)(layer=2, window="clip").torch_module()
+
+
+def test_whisper_merged_window_keeps_the_clip_apart_and_merges_the_padding(require_model, clip):
+    """``window="30s-merged"``: the whole window, its padding after the clip + 1 s merged; the
+    kept frames near the whole pass's, 1500 frames for the decoder, whole windows unchanged."""
+    require_model("whisper-base")
+    from koemo.encoders.whisper import kept_apart, log_mel_windows
+
+    assert kept_apart(2 * 16000) == 150 and kept_apart(30 * 16000) == 1500
+    assert [m.shape for m in log_mel_windows(tone(2.0), window="30s-merged")[0]] == [(80, 3000)]
+    full = get_speech_encoder("whisper-base-encoder", layer="all")
+    merged = get_speech_encoder("whisper-base-encoder", layer="all", window="30s-merged")
+    assert "mel=30s-window-merged8+1s" in merged.id and merged.id.replace("30s-window-merged8+1s", "30s-window") == full.id
+    audio = np.concatenate([tone(29.0), clip])  # 31 s: a whole window, then 1 s of speech
+    a, b = full.encode(audio), merged.encode(audio)
+    assert a.shape == b.shape == (1550, 7, 512)
+    np.testing.assert_allclose(b[:1500], a[:1500], atol=1e-4 * np.abs(a).max())  # a whole window: nothing merged
+    def moved(x):  # per layer: mean |x - whole pass| / mean |whole pass|, on the speech's frames
+        return np.abs(x[1500:] - a[1500:]).mean(axis=(0, 2)) / np.abs(a[1500:]).mean(axis=(0, 2))
+
+    rel, cut = moved(b), moved(get_speech_encoder("whisper-base-encoder", layer="all", window="clip").encode(audio))
+    # the front end sees no other frame; each block moves less than half as far as without the padding
+    assert rel[0] == 0 and (rel[1:] > 0).all() and (rel[1:] < cut[1:] / 2).all(), (rel, cut)
+    frames, final = merged.encode_windows(tone(2.0))
+    assert [f.shape for f in final] == [(1500, 512)]  # the decoder reads a whole window
+    np.testing.assert_allclose(frames[:, -1], final[0][:100], atol=1e-5)
+    assert type(merged)(layer="all", window="30s-merged", runtime="onnx").runtime == "torch"  # its graph follows the clip
+    with pytest.raises(KoemoError, match="CTranslate2 backend encodes whole 30 s windows"):
+        type(merged)(window="30s-merged", backend="ct2")
 
 
 def test_speech_settings_are_read_from_a_recipe_or_a_bundle_alike():

@@ -70,6 +70,52 @@ def test_koemos_encoder_forward_is_transformers_on_a_whole_window_and_reads_shor
     assert not np.allclose(short, _torch(enc, mel, stacked)[:, :150])
 
 
+def _merged(enc, mel, frames, group, stacked):
+    import torch
+
+    from koemo.encoders.whisper_graph import merged_outputs
+
+    with torch.inference_mode():
+        return merged_outputs(enc, torch.from_numpy(mel), frames, group, stacked).numpy()
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_merged_padding_tokens_stand_exactly_for_identical_frames(stacked):
+    """``30s-merged``: a token enters as the mean of its frames and is weighed as all of them, so
+    where the padding frames are identical (no positions, constant log-mel after the clip) the
+    merged pass equals the whole pass, whatever the group size: every frame but the last group's
+    (the convolutions' zero edge makes the window's last frame unlike the other padding)."""
+    import torch
+
+    enc = tiny_encoder(layers=3)
+    with torch.no_grad():
+        enc.embed_positions.weight.zero_()
+    mel = np.full((1, 8, 3000), -0.7, np.float32)
+    mel[:, :, :40] = np.random.default_rng(3).uniform(-1, 1, (1, 8, 40))  # the clip: 20 encoder frames
+    whole = _outputs(enc, mel, stacked)
+    for group in (1, 8, 7):  # 7: a last group of other size (1470 = 7 x 210; 30 + 1470)
+        got = _merged(enc, mel, 30, group, stacked)
+        assert got.shape == whole.shape == ((1, 1500, 4, 16) if stacked else (1, 1500, 16))
+        np.testing.assert_allclose(got[:, :1488], whole[:, :1488], atol=1e-4 * np.abs(whole).max())
+    odd = _merged(enc, mel, 33, 8, stacked)  # 1467 padding frames: 183 groups of 8 and one of 3
+    np.testing.assert_allclose(odd[:, :1488], whole[:, :1488], atol=1e-4 * np.abs(whole).max())
+
+
+def test_merged_padding_changes_the_clip_frames_a_little_where_padding_frames_differ():
+    """With positions the padding frames differ, so a token is an average: the kept frames move,
+    but far less than without the padding (the ``clip`` window); keeping every frame apart is
+    the whole pass."""
+    enc = tiny_encoder(layers=3)
+    mel = np.full((1, 8, 3000), -0.7, np.float32)
+    mel[:, :, :200] = np.random.default_rng(4).uniform(-1, 1, (1, 8, 200))
+    whole = _outputs(enc, mel, True)[:, :100]
+    merged = _merged(enc, mel, 150, 8, True)[:, :100]
+    clip = _outputs(enc, mel[:, :, :300], True)[:, :100]
+    merged_err, clip_err = np.abs(merged - whole).mean(), np.abs(clip - whole).mean()
+    assert 0 < merged_err < clip_err / 3
+    np.testing.assert_array_equal(_merged(enc, mel, 1500, 8, True), _outputs(enc, mel, True))
+
+
 def test_an_export_that_differs_from_pytorch_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
     real = wo._session
     monkeypatch.setattr(wo, "_session", lambda path: (lambda mel: real(path)(mel) * 1.001))
