@@ -4,11 +4,11 @@
 
 ``predict`` on a 5 s clip is a chain: the Whisper encoder's pass, greedy decoding from it, the
 text encoder on the transcript, the head. Each waits for the one before, so the stages add up.
-This counts the encoder's floating-point work from its config (a 30 s window and the clip window
-of ``encoders.speech_window: clip``), measures what this machine's float32 matrix multiply
+This counts the encoder's floating-point work from its config (for each ``encoders.speech_window``:
+the whole 30 s window, the clip window, and the merged window the shipped recipe uses), measures what this machine's float32 matrix multiply
 reaches at the encoder's own shapes (the best any implementation can hope for), and puts the
 encoder's floor (its work at that rate) beside the measured stages of ``Predictor.predict``
-(p50 of ``--runs``, default bundle, shared pass). It also times the encoder's ONNX export with
+(p50 of ``--runs``, default bundle, shared pass; the floor is of the bundle's window). It also times the encoder's ONNX export with
 its MatMuls quantised to int8 (onnxruntime's dynamic quantisation), the one way under the float32
 floor, and how far that moves each layer's frames: a bundle trained on float32 features would
 read other inputs. Prints a Markdown table.
@@ -46,6 +46,43 @@ def encoder_gflop(config, frames: int) -> float:
     conv = 2 * frames * mels * d * 3 + frames * d * d * 3
     block = 4 * frames * d * d + 2 * frames * d * ff + 2 * frames * frames * d
     return 2 * (conv + config.encoder_layers * block) / 1e9
+
+
+def window_gflop(config, window: str, samples: int) -> float:
+    """The encoder's work on one clip of ``samples`` under ``window``: 1500 frames (``30s``), the
+    clip's frames plus the margin (``clip``), or those and one token per merge group through the
+    blocks after convolutions over the whole window (``30s-merged``)."""
+    from koemo.encoders.whisper import MEL_FRAMES, MERGE_GROUP, kept_apart
+
+    whole, kept = MEL_FRAMES // 2, kept_apart(samples)
+    if window == "30s":
+        return encoder_gflop(config, whole)
+    if window == "clip":
+        return encoder_gflop(config, kept)
+    tokens = kept + -(-(whole - kept) // MERGE_GROUP)
+    conv_only = without_blocks(config)
+    return encoder_gflop(conv_only, whole) + encoder_gflop(config, tokens) - encoder_gflop(conv_only, tokens)
+
+
+def without_blocks(config):
+    """A copy of the encoder's config with no blocks: :func:`encoder_gflop` of it is the
+    convolutions' work alone."""
+    import copy
+
+    out = copy.copy(config)
+    out.encoder_layers = 0
+    return out
+
+
+def bundle_window(model: str | None) -> str:
+    """The speech window the bundle was trained with (``30s`` for bundles from before windows)."""
+    import yaml
+
+    from koemo.serving.loader import resolve_model
+
+    path, _ = resolve_model(model)
+    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    return (config.get("encoders") or {}).get("speech_window") or "30s"
 
 
 def matmul_gflops(config, runs: int) -> float:
@@ -126,7 +163,7 @@ def main() -> None:
 
     from koemo.encoders import get_speech_encoder
     from koemo.encoders.base import num_threads, speech_settings
-    from koemo.encoders.whisper import CLIP_MARGIN_S, FRAME_SAMPLES, MEL_FRAMES
+    from koemo.encoders.whisper import WINDOWS
 
     torch.set_num_threads(num_threads())
     enc = get_speech_encoder("whisper-base-encoder", **speech_settings({"speech_layer": "all"}))
@@ -135,24 +172,24 @@ def main() -> None:
     duration = round(len(audio) / 16000, 2)
     rate = matmul_gflops(config, args.runs)
     s = predict_stages(args.model, audio, args.runs)
-    stages = {"clip": utt.id, "duration_s": duration, "p50_s": s}
-    work = {"30s": encoder_gflop(config, MEL_FRAMES // 2),
-            "clip": encoder_gflop(config, round(duration * 16000 / FRAME_SAMPLES + CLIP_MARGIN_S * 16000 / FRAME_SAMPLES))}
+    window = bundle_window(args.model)
+    stages = {"clip": utt.id, "duration_s": duration, "p50_s": s, "window": window}
+    work = {w: window_gflop(config, w, len(audio)) for w in WINDOWS}
     int8 = int8_encoder(enc, audio, args.runs)
-    floor = work["30s"] / rate + s["asr"] + s["text_encoder"] + s["fusion"]
+    floor = work[window] / rate + s["asr"] + s["text_encoder"] + s["fusion"]
     res = {"matmul_gflops": rate, "encoder_gflop": work, "encoder_floor_s": {k: v / rate for k, v in work.items()},
            "stages": stages, "predict_floor_s": floor, "int8": int8, "threads": num_threads()}
     print(json.dumps(res, indent=1))
-    print(f"\nfloat32 matmul here: {rate:.0f} GFLOP/s ({num_threads()} threads); encoder pass, 30 s window: "
-          f"{work['30s']:.1f} GFLOP, clip window ({duration} s clip): {work['clip']:.1f} GFLOP\n")
+    print(f"\nfloat32 matmul here: {rate:.0f} GFLOP/s ({num_threads()} threads); encoder pass on this {duration} s "
+          "clip: " + ", ".join(f"{w} window {g:.1f} GFLOP" for w, g in work.items()) + "\n")
     print("| stage | measured p50 (s) | floor (s) |\n|---|---:|---:|")
-    print(f"| speech encoder (mel + pass, 30 s window) | {s['speech_encoder']:.3f} | {work['30s'] / rate:.3f} |")
+    print(f"| speech encoder (mel + pass, {window} window) | {s['speech_encoder']:.3f} | {work[window] / rate:.3f} |")
     print(f"| ASR: VAD + greedy decoding from the pass | {s['asr']:.3f} | (measured) |")
     print(f"| text encoder | {s['text_encoder']:.3f} | (measured) |")
     print(f"| head | {s['fusion']:.3f} | (measured) |")
     print(f"| `predict` | {s['total']:.3f} | {floor:.3f} |")
     errors = ", ".join(f"{e:.3f}" for e in int8["layer_relative_error"])
-    print(f"\nONNX encoder, float32 {int8['float32_p50_s']:.3f} s, int8 MatMuls {int8['int8_p50_s']:.3f} s; "
+    print(f"\nONNX encoder (30 s window), float32 {int8['float32_p50_s']:.3f} s, int8 MatMuls {int8['int8_p50_s']:.3f} s; "
           f"int8 frames' relative error by layer (0 = front end): {errors}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1), encoding="utf-8")

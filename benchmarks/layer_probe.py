@@ -3,11 +3,11 @@
     python benchmarks/layer_probe.py            # the table in docs/training.md
     python benchmarks/layer_probe.py --json out.json
 
-Reads the ``whisper-base-encoder`` features of every layer (``encoders.speech_layer: all``, from
-the feature store; extracted on the first run) for the EmotionTTS clips, pools each clip to the
-mean and standard deviation of its frames (:func:`koemo.fusion.inputs.clip_stats`), and trains a
-logistic regression (scikit-learn, L2, C = 0.1, features standardised on the training clips) on
-the text-neutral protocol: the 200 clips of the emotional-script speakers train, the 100 clips of
+Reads the ``whisper-base-encoder`` features of every layer (``encoders.speech_layer: all``, over
+the recipe's ``speech_window``, from the feature store; extracted on the first run) for the
+EmotionTTS clips, pools each clip to the mean and standard deviation of its frames
+(:func:`koemo.fusion.inputs.clip_stats`), and trains a logistic regression (scikit-learn, L2,
+C = 0.1, features standardised on the training clips) on the text-neutral protocol: the 200 clips of the emotional-script speakers train, the 100 clips of
 the plain-script speakers (each sentence read in all four emotions) test. Three normalisations:
 none; per speaker at the frame level (``encoders.normalise: speaker``, koemo's); per speaker on
 the pooled vectors. Weighted F1 on the test clips. A linear probe has no seed: one number each.
@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="also write the numbers here")
     ap.add_argument("--C", type=float, default=0.1)
+    ap.add_argument("--recipe", default="emotiontts", help="whose speech window to read (emotiontts-30s: the whole pass)")
     args = ap.parse_args()
 
     from sklearn.linear_model import LogisticRegression
@@ -40,12 +41,14 @@ def main() -> None:
     from koemo.config import Recipe, load_config, resolve_recipe
     from koemo.data.prepare import load_or_prepare
     from koemo.data.splits import make_folds
+    from koemo.encoders.base import speech_settings
     from koemo.fusion.inputs import Moments, Normaliser, clip_stats, group_views
     from koemo.training.features import store_for
 
-    recipe = load_config(Recipe, resolve_recipe("emotiontts"))
+    recipe = load_config(Recipe, resolve_recipe(args.recipe))
     _, utts = load_or_prepare(recipe)
-    frames = store_for(recipe).speech("whisper-base-encoder", utts, layer="all")
+    settings = {**speech_settings(recipe.encoders), "layer": "all"}  # every layer, over the recipe's window
+    frames = store_for(recipe).speech("whisper-base-encoder", utts, **settings)
     (fold,) = make_folds(utts, "text-neutral", valid="none")
     ids = [u.id for u in utts]
     label = np.array([u.label for u in utts])

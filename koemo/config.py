@@ -74,8 +74,10 @@ class EncoderConfig:
     # final output; the prosodic functionals, where on, are one more); null = every one. The
     # statistics still normalise every layer first (docs/voice.md, "Speech recorded elsewhere").
     speech_layers: list[int] | None = None
-    # What a Whisper encoder sees of each 30 s window: 30s (zero-padded, as Whisper was trained)
-    # or clip (the clip's frames plus 1 s: a fraction of the work for short clips; other features)
+    # What a Whisper encoder sees of each 30 s window: 30s (zero-padded, as Whisper was trained),
+    # clip (the clip's frames plus 1 s: a fraction of the work for short clips; other features) or
+    # 30s-merged (the whole window, its padding after the clip + 1 s merged into one token per 8
+    # frames: a third of the work for a 5 s clip, the same scores; the shipped recipe's)
     speech_window: str = "30s"
     finetune: bool = False  # False: read frozen features from the store
     # none | speaker: standardise each speaker's (in service: session's) frames by their own

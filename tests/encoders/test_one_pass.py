@@ -205,7 +205,10 @@ def test_transcribe_cli_runs_the_pass_and_decodes_as_the_recipe_says(monkeypatch
                         lambda *a, factory=None, **k: seen.append(factory) or TranscribeReport("x"))
     result = CliRunner().invoke(app, ["transcribe", "-r", "emotiontts", "--set", f"data.manifest={manifest}", *args])
     assert result.exit_code == 0, result.output
-    assert filled == ([["a"]] if fills else []) and seen == [factory]
+    assert filled == ([["a"]] if fills else []) and len(seen) == 1
+    # the recipe's window (emotiontts: 30s-merged) reaches the pass
+    assert getattr(seen[0], "func", seen[0]) is factory
+    assert getattr(seen[0], "keywords", None) == ({"window": "30s-merged"} if factory else None)
 
 
 def test_worker_processes_build_the_recogniser_the_factory_gives(setup):
