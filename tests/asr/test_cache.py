@@ -106,10 +106,13 @@ def test_cli_interrupted_run_resumes_from_the_cache(speech_manifest, tmp_path):
     assert "interrupted; finished results are kept and a re-run resumes" in err
     assert all("asr:whisper-base" not in u.transcripts for u in read_manifest(speech_manifest))
 
-    # the default recipe (emotiontts) decodes whisper-base from the encoder's pass: resume with it
-    from koemo.encoders.one_pass import SharedPassBackend
+    # the default recipe (emotiontts) decodes whisper-base from the encoder's pass over its
+    # window: resume with the recogniser it builds
+    from koemo.config import Recipe, load_config, resolve_recipe
+    from koemo.encoders.one_pass import recogniser_factory
 
-    report = transcribe_manifest(speech_manifest, "whisper-base", progress=False, factory=SharedPassBackend)
+    factory = recogniser_factory(load_config(Recipe, resolve_recipe("emotiontts")), "whisper-base")
+    report = transcribe_manifest(speech_manifest, "whisper-base", progress=False, factory=factory)
     assert report.cached >= 1 and report.cached + report.computed == 3
     # The corrupt clip is skipped, counted and named; the others are in the manifest.
     assert len(report.skips) == 1 and str(report.skips.skipped[0]).startswith("broken (")
@@ -117,7 +120,7 @@ def test_cli_interrupted_run_resumes_from_the_cache(speech_manifest, tmp_path):
     texts = {u.id: u.transcripts.get("asr:whisper-base") for u in read_manifest(speech_manifest)}
     assert texts["broken"] is None and all(texts[k] for k in texts if k != "broken")
 
-    again = transcribe_manifest(speech_manifest, "whisper-base", progress=False, factory=SharedPassBackend)
+    again = transcribe_manifest(speech_manifest, "whisper-base", progress=False, factory=factory)
     assert (again.cached, again.computed) == (3, 0)
 
 
