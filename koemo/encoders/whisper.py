@@ -59,16 +59,14 @@ def window_frames(chunk_samples: int, window: str) -> int:
     """Encoder frames fed for a window holding ``chunk_samples`` of audio: all 1500 (``30s``),
     or those covering the audio plus the margin (``clip``). ``30s-merged`` feeds the whole window
     (:func:`kept_apart` says which frames it keeps unmerged)."""
-    if window != "clip":
-        return MEL_FRAMES // 2
-    keep = max(1, math.ceil(chunk_samples / FRAME_SAMPLES))
-    return min(MEL_FRAMES // 2, keep + round(CLIP_MARGIN_S * 16_000 / FRAME_SAMPLES))
+    return kept_apart(chunk_samples) if window == "clip" else MEL_FRAMES // 2
 
 
 def kept_apart(chunk_samples: int) -> int:
-    """``30s-merged``: the frames of a window computed one by one, those covering the audio plus
-    the margin; the rest is merged."""
-    return min(MEL_FRAMES // 2, max(1, math.ceil(chunk_samples / FRAME_SAMPLES)) + round(CLIP_MARGIN_S * 16_000 / FRAME_SAMPLES))
+    """The frames covering the audio plus :data:`CLIP_MARGIN_S` (at most a window): all the
+    ``clip`` window feeds, and those the ``30s-merged`` window computes one by one."""
+    keep = max(1, math.ceil(chunk_samples / FRAME_SAMPLES))
+    return min(MEL_FRAMES // 2, keep + round(CLIP_MARGIN_S * 16_000 / FRAME_SAMPLES))
 
 
 def log_mel_windows(audio: np.ndarray, n_mels: int = 80, window: str = "30s") -> tuple[list[np.ndarray], list[int]]:

@@ -113,6 +113,11 @@ def test_merged_padding_changes_the_clip_frames_a_little_where_padding_frames_di
     clip = _outputs(enc, mel[:, :, :300], True)[:, :100]
     merged_err, clip_err = np.abs(merged - whole).mean(), np.abs(clip - whole).mean()
     assert 0 < merged_err < clip_err / 3
+    # what enters the blocks for the padding: each group's mean front end, over each of its frames
+    front, merged_front = _outputs(enc, mel, True)[0, 150:, 0], _merged(enc, mel, 150, 8, True)[0, 150:, 0]
+    means = np.repeat(front[:1344].reshape(168, 8, -1).mean(1), 8, axis=0)  # 168 groups of 8, then one of 6
+    np.testing.assert_allclose(merged_front[:1344], means, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(merged_front[1344:], front[1344:].mean(0, keepdims=True).repeat(6, 0), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(_merged(enc, mel, 1500, 8, True), _outputs(enc, mel, True))
 
 
