@@ -4,14 +4,16 @@
 
 ``predict`` on a 5 s clip is a chain: the Whisper encoder's pass, greedy decoding from it, the
 text encoder on the transcript, the head. Each waits for the one before, so the stages add up.
-This counts the encoder's floating-point work from its config (for each ``encoders.speech_window``:
-the whole 30 s window, the clip window, and the merged window the shipped recipe uses), measures what this machine's float32 matrix multiply
-reaches at the encoder's own shapes (the best any implementation can hope for), and puts the
-encoder's floor (its work at that rate) beside the measured stages of ``Predictor.predict``
-(p50 of ``--runs``, default bundle, shared pass; the floor is of the bundle's window). It also times the encoder's ONNX export with
-its MatMuls quantised to int8 (onnxruntime's dynamic quantisation), the one way under the float32
-floor, and how far that moves each layer's frames: a bundle trained on float32 features would
-read other inputs. Prints a Markdown table.
+This counts the encoder's floating-point work from its config (for each
+``encoders.speech_window``: the whole 30 s window, the clip window, and the merged window the
+shipped recipe uses), measures what this machine's float32 matrix multiply reaches at the
+encoder's own shapes (the best any implementation can hope for), and puts the encoder's floor
+(its work at that rate, for the bundle's window) beside the measured stages of
+``Predictor.predict`` (p50 of ``--runs``, default bundle, shared pass). It also times the
+encoder's ONNX export (of the whole 30 s window) with its MatMuls quantised to int8
+(onnxruntime's dynamic quantisation), the one way under the float32 floor, and how far that
+moves each layer's frames: a bundle trained on float32 features would read other inputs.
+Prints a Markdown table.
 """
 
 from __future__ import annotations

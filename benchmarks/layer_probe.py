@@ -7,8 +7,9 @@ Reads the ``whisper-base-encoder`` features of every layer (``encoders.speech_la
 the recipe's ``speech_window``, from the feature store; extracted on the first run) for the
 EmotionTTS clips, pools each clip to the mean and standard deviation of its frames
 (:func:`koemo.fusion.inputs.clip_stats`), and trains a logistic regression (scikit-learn, L2,
-C = 0.1, features standardised on the training clips) on the text-neutral protocol: the 200 clips of the emotional-script speakers train, the 100 clips of
-the plain-script speakers (each sentence read in all four emotions) test. Three normalisations:
+C = 0.1, features standardised on the training clips) on the text-neutral protocol: the 200
+clips of the emotional-script speakers train, the 100 clips of the plain-script speakers (each
+sentence read in all four emotions) test. Three normalisations:
 none; per speaker at the frame level (``encoders.normalise: speaker``, koemo's); per speaker on
 the pooled vectors. Weighted F1 on the test clips. A linear probe has no seed: one number each.
 """
