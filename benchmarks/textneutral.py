@@ -72,15 +72,24 @@ def shifted_input(recipe, clean: dict, shifted: dict, utts: list) -> dict:
 
 
 def fold_bundles(recipe, recipe_name: str, seeds: int) -> list[Path]:
-    """The text-neutral fold bundle of each seed; exits with the command that trains them."""
+    """The text-neutral fold bundle of each seed; exits with the command that trains them, also
+    where a bundle read other speech features than the recipe's (another layer or window: the
+    benchmarks feed it the recipe's)."""
+    import yaml
+
+    from koemo.encoders.base import speech_settings
     from koemo.training import bundle as bundles
     from koemo.training.final import cv_dir
 
-    found = []
+    found, want = [], speech_settings(recipe.encoders)
     for seed in range(seeds):
         where = cv_dir(recipe, "text-neutral") / f"seed{seed}" / "text-neutral"
         if not (where / bundles.META).is_file():
             sys.exit(f"{where}: no bundle; run: koemo reproduce -r {recipe_name} --seeds {seeds}")
+        config = yaml.safe_load((where / bundles.CONFIG).read_text(encoding="utf-8"))
+        if (got := speech_settings(config.get("encoders") or {})) != want:
+            sys.exit(f"{where}: trained on speech features {got}, the recipe reads {want}; "
+                     f"run: koemo reproduce -r {recipe_name} --seeds {seeds}")
         found.append(where)
     return found
 
