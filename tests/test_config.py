@@ -31,6 +31,13 @@ def test_a_recipe_states_only_what_it_changes_over_its_base(tmp_path):
     assert demo.eval.seeds == 1 and demo.eval.snr_values == [] and demo.eval.protocols == []
     assert demo.eval.text_neutral and demo.eval.table3 == ["linear"]
     assert demo.train == main.train and demo.model == main.model  # the rest comes from the base
+    # the shipped recipe reads the merged window; emotiontts-30s is it with the whole window, nothing else
+    from dataclasses import replace
+
+    whole = load_config(Recipe, resolve_recipe("emotiontts-30s"))
+    assert (main.encoders.speech_window, whole.encoders.speech_window) == ("30s-merged", "30s")
+    assert replace(whole.encoders, speech_window="30s-merged") == main.encoders
+    assert (whole.train, whole.model, whole.eval, whole.augment) == (main.train, main.model, main.eval, main.augment)
     assert load_config(Recipe).eval.table3 == []  # no grid hides in Python defaults
     (tmp_path / "mine.yaml").write_text("base: emotiontts\nname: mine\nmodel:\n  options: {stats: meanstd}\n")
     mine = load_config(Recipe, tmp_path / "mine.yaml", ["model.options.extra=2"])
