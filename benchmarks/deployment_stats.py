@@ -55,7 +55,6 @@ def main() -> None:
 
     from channel_shift import CHANNELS, Channel
     from koemo.fusion.inputs import Moments, Normaliser, clip_stats, stats_view
-    from koemo.training import bundle as bundles
     from koemo.training.data import FeatureData
     from koemo.training.final import lone_recipe
     from koemo.training.trainer import predict_proba
@@ -63,7 +62,7 @@ def main() -> None:
     ts = test_set(args)
     recipe, frames, test, source = ts.recipe, ts.frames, ts.test, ts.source
     second = lone_recipe(recipe)
-    seconds = [bundles.load_bundle(p) for p in fold_bundles(second, f"{args.recipe} (train --final)", args.seeds)]
+    seconds = fold_bundles(second, f"{args.recipe} (train --final)", args.seeds)
     enc = recipe.encoders
     norm = Normaliser.fit(enc.normalise, Moments.sum(Moments.of(a) for a in frames.values()), enc.normalise_min_clips)
     layers_first, layers_second = enc.speech_layers, second.encoders.speech_layers
@@ -74,6 +73,9 @@ def main() -> None:
         return np.asarray(predict_proba(bundle.model, data, ids, source))
 
     by_id = {u.id: u for u in test}
+    by_label: dict[str, list[str]] = {}  # each label's clips, in test order
+    for u in test:
+        by_label.setdefault(u.label, []).append(u.id)
     results: dict = {}
     for channel in CHANNELS:
         shifted = dict(frames)
@@ -87,14 +89,11 @@ def main() -> None:
             labels = list(first_b.labels)
             p_alone = dict(zip(raw, probs(second_b, list(raw), alone_second)))
             rng = np.random.default_rng(seed)
-            neutral = [u.id for u in test if u.label == "neutral"]
-            others = [[u.id for u in test if u.label == lab] for lab in labels if lab != "neutral"]
             for order in range(args.orders):
                 streams = {"balanced": list(rng.permutation([u.id for u in test])),
-                           "mostly neutral": list(rng.permutation(neutral + [i for ids in others
-                                                                             for i in rng.choice(ids, 5, replace=False)])),
-                           "by emotion": [i for lab in rng.permutation(labels)
-                                          for i in rng.permutation([u.id for u in test if u.label == lab])]}
+                           "mostly neutral": list(rng.permutation(by_label["neutral"] + [
+                               i for lab in labels if lab != "neutral" for i in rng.choice(by_label[lab], 5, replace=False)])),
+                           "by emotion": [i for lab in rng.permutation(labels) for i in rng.permutation(by_label[lab])]}
                 for stream, ids in streams.items():
                     groups = running_groups([moments[i] for i in ids], norm.min_clips)
                     # a clip comes once a stream, so its id keys the view its request gets

@@ -39,13 +39,14 @@ def p50(fn, runs: int) -> float:
     return float(np.median(times))
 
 
-def encoder_gflop(config, frames: int) -> float:
+def encoder_gflop(config, frames: int, conv_frames: int | None = None) -> float:
     """Multiply-adds x 2 of a Whisper encoder pass over ``frames`` encoder frames (``2 x frames``
-    mel frames): the two convolutions, then per block the q/k/v/out projections, the feed-forward
-    and the attention's two ``frames x frames`` products. Norms, GELU and softmax are left out
-    (a few percent)."""
+    mel frames): the two convolutions (over ``conv_frames``, default ``frames``), then per block
+    the q/k/v/out projections, the feed-forward and the attention's two ``frames x frames``
+    products. Norms, GELU and softmax are left out (a few percent)."""
     d, ff, mels = config.d_model, config.encoder_ffn_dim, config.num_mel_bins
-    conv = 2 * frames * mels * d * 3 + frames * d * d * 3
+    conv_frames = frames if conv_frames is None else conv_frames
+    conv = 2 * conv_frames * mels * d * 3 + conv_frames * d * d * 3
     block = 4 * frames * d * d + 2 * frames * d * ff + 2 * frames * frames * d
     return 2 * (conv + config.encoder_layers * block) / 1e9
 
@@ -61,30 +62,17 @@ def window_gflop(config, window: str, samples: int) -> float:
         return encoder_gflop(config, whole)
     if window == "clip":
         return encoder_gflop(config, kept)
-    tokens = kept + -(-(whole - kept) // MERGE_GROUP)
-    conv_only = without_blocks(config)
-    return encoder_gflop(conv_only, whole) + encoder_gflop(config, tokens) - encoder_gflop(conv_only, tokens)
-
-
-def without_blocks(config):
-    """A copy of the encoder's config with no blocks: :func:`encoder_gflop` of it is the
-    convolutions' work alone."""
-    import copy
-
-    out = copy.copy(config)
-    out.encoder_layers = 0
-    return out
+    return encoder_gflop(config, kept + -(-(whole - kept) // MERGE_GROUP), conv_frames=whole)
 
 
 def bundle_window(model: str | None) -> str:
     """The speech window the bundle was trained with (``30s`` for bundles from before windows)."""
-    import yaml
-
+    from koemo.encoders.base import DEFAULT_WINDOW, speech_settings
     from koemo.serving.loader import resolve_model
+    from koemo.training.bundle import load_bundle, resolve_bundle
 
-    path, _ = resolve_model(model)
-    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-    return (config.get("encoders") or {}).get("speech_window") or "30s"
+    config = load_bundle(resolve_bundle(resolve_model(model)[0])).config
+    return speech_settings(config.get("encoders") or {}).get("window", DEFAULT_WINDOW)
 
 
 def matmul_gflops(config, runs: int) -> float:

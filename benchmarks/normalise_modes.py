@@ -73,9 +73,8 @@ def main() -> None:
 
     scores: dict[str, list[float]] = {m: [] for m in MODES}
     calibration: dict[str, list[tuple]] = {m: [] for m in MODES}  # (ECE, mean confidence, ECE scaled)
-    for seed, where in enumerate(fold_bundles(recipe, args.recipe, args.seeds)):
-        b = bundles.load_bundle(where)
-        test_ids = frozenset(p.id for p in bundles.read_predictions(where, source) or [])
+    for seed, b in enumerate(fold_bundles(recipe, args.recipe, args.seeds)):
+        test_ids = frozenset(p.id for p in bundles.read_predictions(b.path, source) or [])
         test = [u for u in utts if u.id in test_ids]
         _, text, _ = load_features(recipe, test, [source], progress=False)
         for mode in MODES:

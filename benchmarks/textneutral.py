@@ -52,12 +52,12 @@ def test_set(args: argparse.Namespace) -> TestSet:
     source = recipe.eval.text
     _, utts = load_or_prepare(recipe, None)
     frames, _, _ = load_features(recipe, utts, [], progress=False)
-    found = fold_bundles(recipe, args.recipe, args.seeds)
-    test_ids = frozenset(p.id for p in bundles.read_predictions(found[0], source) or [])
+    models = fold_bundles(recipe, args.recipe, args.seeds)
+    test_ids = frozenset(p.id for p in bundles.read_predictions(models[0].path, source) or [])
     test = [u for u in utts if u.id in test_ids]
     _, text, _ = load_features(recipe, test, [source], progress=False)
     return TestSet(recipe, source, utts, frames, store_for(recipe), speech_settings(recipe.encoders),
-                   [bundles.load_bundle(where) for where in found], test, test_ids, text)
+                   models, test, test_ids, text)
 
 
 def shifted_input(recipe, clean: dict, shifted: dict, utts: list) -> dict:
@@ -71,12 +71,10 @@ def shifted_input(recipe, clean: dict, shifted: dict, utts: list) -> dict:
     return speech_input(recipe, shifted, utts, corpus=clean)[0]
 
 
-def fold_bundles(recipe, recipe_name: str, seeds: int) -> list[Path]:
-    """The text-neutral fold bundle of each seed; exits with the command that trains them, also
-    where a bundle read other speech features than the recipe's (another layer or window: the
-    benchmarks feed it the recipe's)."""
-    import yaml
-
+def fold_bundles(recipe, recipe_name: str, seeds: int) -> list:
+    """The text-neutral fold bundle of each seed, loaded; exits with the command that trains them,
+    also where a bundle read other speech features than the recipe's (another layer or window:
+    the benchmarks feed it the recipe's)."""
     from koemo.encoders.base import speech_settings
     from koemo.training import bundle as bundles
     from koemo.training.final import cv_dir
@@ -86,11 +84,11 @@ def fold_bundles(recipe, recipe_name: str, seeds: int) -> list[Path]:
         where = cv_dir(recipe, "text-neutral") / f"seed{seed}" / "text-neutral"
         if not (where / bundles.META).is_file():
             sys.exit(f"{where}: no bundle; run: koemo reproduce -r {recipe_name} --seeds {seeds}")
-        config = yaml.safe_load((where / bundles.CONFIG).read_text(encoding="utf-8"))
-        if (got := speech_settings(config.get("encoders") or {})) != want:
+        bundle = bundles.load_bundle(where)
+        if (got := speech_settings(bundle.config.get("encoders") or {})) != want:
             sys.exit(f"{where}: trained on speech features {got}, the recipe reads {want}; "
                      f"run: koemo reproduce -r {recipe_name} --seeds {seeds}")
-        found.append(where)
+        found.append(bundle)
     return found
 
 
