@@ -148,8 +148,8 @@ class TrainConfig:
     # optimiser and losses in fp32); ~1.6x faster on CPUs with AVX512-BF16 (benchmarks/bench_training.py)
     precision: str = "fp32"
     # train the folds of a grid row together as one stacked model (torch.func.vmap), each fold with
-    # its own weights, optimiser state, batches and draws (koemo.training.stacked); folds with a
-    # validation set, bf16, several processes or end-to-end encoders train one at a time
+    # its own weights, optimiser state, batches, draws, validation scores and early stop
+    # (koemo.training.stacked); bf16, several processes or end-to-end encoders train one at a time
     stack_folds: bool = True
     # `koemo train --final` only: overrides (as --set takes them) of a second head trained into
     # the bundle's `lone/` and used for a clip normalised by the corpus statistics (no session),

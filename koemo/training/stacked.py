@@ -16,7 +16,10 @@ batches and random draws, and one step advances all of them:
 - modality dropout and augmented-copy choices come from a generator per fold seeded as the
   trainer seeds an epoch, so a head without dropout layers (``linear``) trains to the weights
   the one-fold trainer gives, within float rounding (``tests/training/test_stacked.py``); dropout
-  layers draw from one generator for the stack (results equal within seed noise).
+  layers draw from one generator for the stack (results equal within seed noise);
+- a fold with a validation set is scored after every epoch by the trainer's own
+  :meth:`~koemo.training.trainer._FoldRun.validate` (its weights unstacked into its model), which
+  keeps its best epoch; under ``train.early_stopping`` a fold that stops gets no more batches.
 
 Each fold's bundle is written by the trainer's own finish step (test predictions, metrics). A
 stack has no mid-run checkpoint: a killed stack trains again (seconds), finished bundles stay.
@@ -159,9 +162,11 @@ class _Stack:
         self.class_weights = (torch.stack([r.cw for r in self.runs]).to(self.device)
                               if self.runs[0].cw is not None else None)
 
-    def train_epoch(self, epoch: int) -> list[dict[str, float]]:
+    def train_epoch(self, epoch: int, stopped: Sequence[bool] = ()) -> list[dict[str, float]]:
+        """One epoch of every fold; a ``stopped`` fold (early stopping) has no batches, so it is
+        not updated, as the one-fold trainer would not train it any more."""
         tc, runs = self.tc, self.runs
-        orders = [r.order(epoch) for r in runs]
+        orders = [[] if f < len(stopped) and stopped[f] else r.order(epoch) for f, r in enumerate(runs)]
         seed = epoch_seed(tc.seed, epoch)
         torch.manual_seed(seed)  # dropout layers: one generator for the stack
         gens = [torch.Generator().manual_seed(seed) for _ in runs]  # the trainer's draws, per fold
@@ -274,13 +279,27 @@ def train_stacked(
         bar = tqdm(range(tc.epochs), desc=f"{len(runs)} folds stacked", unit="epoch", leave=False,
                    disable=not progress)
         t_all = time.perf_counter()
+        patience = tc.early_stopping
         for epoch in bar:
+            # the one-fold trainer's early stop: a fold whose validation F1 has not improved for
+            # ``patience`` epochs trains no more (its history ends there); the others go on
+            stopped = [bool(patience and r.fold.valid and r.best["bad"] >= patience) for r in runs]
+            if all(stopped):
+                break
             t0 = time.perf_counter()
-            sums = stack.train_epoch(epoch)
-            seconds = (time.perf_counter() - t0) / len(runs)  # each fold's share of the stack's time
-            for run, s in zip(runs, sums):
-                run.record(epoch, s, seconds, {})
-            mean = sum(s["loss"] for s in sums) / max(1, sum(len(r.fold.train) for r in runs))
+            sums = stack.train_epoch(epoch, stopped)
+            live = len(runs) - sum(stopped)
+            share = (time.perf_counter() - t0) / live  # each fold's share of the stack's time
+            if any(r.fold.valid for r in runs):
+                stack.unstack()  # each fold's weights into its model, to score its validation set
+            for run, s, done in zip(runs, sums, stopped):
+                if done:
+                    continue
+                if run.fold.valid:  # the trainer's own choice of the epoch: best F1, ties by NLL
+                    run.validate(epoch, s, time.perf_counter() - share)
+                else:
+                    run.record(epoch, s, share, {})
+            mean = sum(s["loss"] for s in sums) / max(1, sum(len(r.fold.train) for r, d in zip(runs, stopped) if not d))
             bar.set_postfix(loss=f"{mean:.3f}")
             log.debug("stack of %d folds, epoch %d/%d: mean train loss %.4f", len(runs), epoch + 1, tc.epochs, mean)
         bar.close()
@@ -288,7 +307,8 @@ def train_stacked(
         log.info("%d folds trained stacked, %d epochs, in %.1f s (%s)", len(runs), tc.epochs,
                  time.perf_counter() - t_all, ", ".join(r.fold.name for r in runs))
         for run in runs:
-            run.best = {"f1": math.nan, "epoch": len(run.history), "state": _state_copy(run.model), "bad": 0}
+            if not run.fold.valid:  # no validation set: the last epoch is the one kept
+                run.best = {"f1": math.nan, "epoch": len(run.history), "state": _state_copy(run.model), "bad": 0}
             meta = {**run.meta(encoders), "stacked_folds": len(runs)}
             results.append(run.finish(meta))
     return results

@@ -139,18 +139,57 @@ def test_what_trains_alone_and_why():
     fold = _folds(data.labels)[0]
     assert stack_refusal(recipe, fold) is None
     with_valid = Fold("v", fold.train[4:], fold.train[:4], fold.test)
-    assert "validation" in stack_refusal(recipe, with_valid)
-    assert not plan_fold(recipe, with_valid, data).stacked
+    assert stack_refusal(recipe, with_valid) is None and plan_fold(recipe, with_valid, data).stacked
     assert "data-parallel" in stack_refusal(recipe, fold, world=2)
     recipe.train.precision = "bf16"
     assert "precision" in stack_refusal(recipe, fold)
-    recipe.train.precision, recipe.train.stack_folds = "fp32", False
-    assert "stack_folds" in stack_refusal(recipe, fold)
-    # a fold with a validation set keeps the fingerprint it had before stacking existed
-    recipe.train.stack_folds = True
+    # a fold trained alone keeps the fingerprint it had before stacking existed; a stacked one is new
+    recipe.train.precision = "fp32"
     on = plan_fold(recipe, with_valid, data).fingerprint
     recipe.train.stack_folds = False
-    assert plan_fold(recipe, with_valid, data).fingerprint == on
+    assert "stack_folds" in stack_refusal(recipe, fold)
+    assert plan_fold(recipe, with_valid, data).fingerprint != on
+
+
+def _valid_folds(labels: dict) -> list[Fold]:
+    """The three folds of :func:`_folds`, each with its first 6 training clips as validation."""
+    return [Fold(f.name, f.train[6:], f.train[:6], f.test) for f in _folds(labels)]
+
+
+@pytest.mark.parametrize("patience", [0, 2])
+def test_folds_with_a_validation_set_pick_the_epoch_stacked_as_alone(tmp_path, monkeypatch, patience):
+    """Stacked folds score their validation set after every epoch as a fold alone does: the same
+    best epoch (F1, ties by NLL), the same kept weights and test predictions; with early stopping
+    each fold stops at its own epoch (no more optimiser steps) while the others go on."""
+    updates = []
+    real_step = StackedAdam.step
+    monkeypatch.setattr(StackedAdam, "step", lambda self, active: updates.append(active.clone()) or
+                        real_step(self, active))
+    data = _data()
+    folds = _valid_folds(data.labels)
+    out = {}
+    for stack in (False, True):
+        r = _recipe(epochs=12, early_stopping=patience)
+        r.split.valid, r.train.lr, r.train.stack_folds = "holdout", 0.2, stack
+        out[stack] = run_folds(r, folds, data, out_for=lambda f, s=stack: tmp_path / str(s) / f.name,
+                               progress=False)
+    for a, b in zip(out[False], out[True]):
+        assert b.result.best_epoch == a.result.best_epoch
+        assert len(b.result.history) == len(a.result.history)
+        assert [h["valid_weighted_f1"] for h in b.result.history] == [h["valid_weighted_f1"] for h in a.result.history]
+        for k, v in _weights(a.result.model).items():
+            torch.testing.assert_close(_weights(b.result.model)[k], v, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose([p.probs for p in b.result.predictions["asr:fake"]],
+                                   [p.probs for p in a.result.predictions["asr:fake"]], atol=1e-5)
+        meta = json.loads((b.out / "bundle.json").read_text())
+        assert meta["stacked_folds"] == 3 and meta["best_epoch"] == a.result.best_epoch
+    best = [o.result.best_epoch for o in out[True]]
+    done = [len(o.result.history) for o in out[True]]
+    assert all(b < 12 for b in best)  # validation chose an earlier epoch than the last
+    if patience:  # stopped patience epochs after each fold's best, not all at the same epoch
+        assert done == [b + patience for b in best] and len(set(done)) > 1
+    per_epoch = [-(-len(f.train) // 8) for f in folds]  # batch 8
+    assert torch.stack(updates).sum(0).tolist() == [e * n for e, n in zip(done, per_epoch)]
 
 
 def test_stacked_adam_is_adam_per_fold_and_leaves_a_resting_fold_alone():

@@ -179,13 +179,14 @@ def test_checkpoint_every_sets_where_a_killed_run_resumes(tmp_path):
     with pytest.raises(Kill):
         train_fold(recipe0, fold, data, out_dir=tmp_path / "run0", progress=False, callbacks=[kill_after(3)])
     assert not (tmp_path / "run0").exists()
-    fp = plan_fold(recipe0, fold, data).fingerprint
+    fp = plan_fold(recipe0, fold, data, stack=False).fingerprint  # train_fold trains one fold alone
     assert not bundle_done(tmp_path / "run0", fp)
     res0 = train_fold(recipe0, fold, data, out_dir=tmp_path / "run0", progress=False)
     assert res0.test == ref.test  # how often it checkpoints does not change the run ...
     assert bundle_done(tmp_path / "run0", fp)  # ... nor its fingerprint
-    assert fp == plan_fold(recipe, fold, data).fingerprint
-    assert not bundle_done(tmp_path / "run0", plan_fold(make_recipe(epochs=4, lr=0.5), fold, data).fingerprint)
+    assert fp == plan_fold(recipe, fold, data, stack=False).fingerprint
+    other = plan_fold(make_recipe(epochs=4, lr=0.5), fold, data, stack=False)
+    assert not bundle_done(tmp_path / "run0", other.fingerprint)
     with pytest.raises(KoemoError, match="checkpoint_every >= 0"):
         train_fold(make_recipe(checkpoint_every=-1), fold, data, progress=False)
 
@@ -259,8 +260,8 @@ def test_bf16_precision_learns_changes_the_numbers_and_keeps_old_fingerprints():
     p32 = np.array([p.probs for p in fp32.predictions["gold"]])
     p16 = np.array([p.probs for p in bf16.predictions["gold"]])
     assert np.isfinite(p16).all() and np.abs(p32 - p16).max() > 1e-4  # autocast really ran
-    # a bf16 run is another run; an fp32 run keeps the fingerprint it had before the field existed
-    fp = plan_fold(make_recipe(**kw), fold, data)
+    # a bf16 run is another run; an fp32 run alone keeps the fingerprint it had before the field existed
+    fp = plan_fold(make_recipe(**kw), fold, data, stack=False)
     assert fp.fingerprint != plan_fold(make_recipe(precision="bf16", **kw), fold, data).fingerprint
     old_cfg = dataclasses.asdict(make_recipe(**kw))
     del old_cfg["train"]["precision"], old_cfg["train"]["stack_folds"]  # both added later
@@ -271,7 +272,8 @@ def test_bf16_precision_learns_changes_the_numbers_and_keeps_old_fingerprints():
 
 def test_fingerprints_are_those_of_the_bundles_already_trained():
     """Values computed with koemo before the experiments/bundle restructure (commit 778ed49): a
-    change here would retrain every cached fold of every grid."""
+    change here would retrain every cached fold of every grid. Folds trained alone; a fold with a
+    validation set trained stacked (since 2026-12-08) is a new run."""
     from koemo.training.trainer import plan_fold
 
     data, fold = feature_data()
@@ -281,11 +283,11 @@ def test_fingerprints_are_those_of_the_bundles_already_trained():
         (("precision", "bf16"),): "9ebee1861e1404d9696a528be3b2b59eecc4d77453603e034704f55ccc6a7e84",
     }
     for kw, fingerprint in expected.items():
-        assert plan_fold(make_recipe(**dict(kw)), fold, data).fingerprint == fingerprint
+        assert plan_fold(make_recipe(**dict(kw)), fold, data, stack=False).fingerprint == fingerprint
     # a per-fusion option is a different run
     recipe = make_recipe()
     recipe.model.options = {"x": 1}
-    assert plan_fold(recipe, fold, data).fingerprint != expected[()]
+    assert plan_fold(recipe, fold, data, stack=False).fingerprint != expected[()]
 
 
 def test_the_trainer_gives_cr_the_golden_path_first():
