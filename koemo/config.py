@@ -149,7 +149,7 @@ class TrainConfig:
     precision: str = "fp32"
     # train the folds of a grid row together as one stacked model (torch.func.vmap), each fold with
     # its own weights, optimiser state, batches, draws, validation scores and early stop
-    # (koemo.training.stacked); bf16, several processes or end-to-end encoders train one at a time
+    # (koemo.training.stacked); several processes or end-to-end encoders train one at a time
     stack_folds: bool = True
     # `koemo train --final` only: overrides (as --set takes them) of a second head trained into
     # the bundle's `lone/` and used for a clip normalised by the corpus statistics (no session),

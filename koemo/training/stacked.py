@@ -42,7 +42,7 @@ from koemo.data.splits import Fold
 from koemo.training.data import AbsentModality, FeatureData
 from koemo.training.distributed import to_device
 from koemo.training.losses import ce_per_example, cr_per_example
-from koemo.training.steps import blank_modalities, check_settings, lr_at
+from koemo.training.steps import autocast, blank_modalities, check_settings, lr_at
 from koemo.training.trainer import FoldPlan, TrainResult, _FoldRun, _state_copy, epoch_seed
 
 log = logging.getLogger("koemo")
@@ -211,7 +211,8 @@ class _Stack:
             audio, audio_mask = (x.to(self.device).reshape(folds, n_max, *x.shape[1:]) for x in (audio, audio_mask))
             text, text_mask = (torch.stack([t[key] for t in texts]).to(self.device) for key in ("text", "text_mask"))
             text, text_mask = (x.reshape(paths, folds, n_max, *x.shape[2:]).transpose(0, 1) for x in (text, text_mask))
-            logits = self.paths(self.params, self.buffers, audio, audio_mask, text, text_mask).float()
+            with autocast(self.device, self.tc.precision):  # the losses see fp32 logits
+                logits = self.paths(self.params, self.buffers, audio, audio_mask, text, text_mask).float()
             logits = logits.reshape(folds, paths * n_max, logits.shape[-1])
         else:  # every row its own (speech, text) pair: per fold, cr's golden rows, then its STT rows
             def per_path(values: list) -> list:  # each fold's n_max values, once for each path
@@ -223,8 +224,9 @@ class _Stack:
             if any(text_drop) or any(audio_drop):
                 blank_modalities(batch, torch.tensor(per_path(text_drop)), torch.tensor(per_path(audio_drop)))
             batch = {k: v.reshape(folds, paths * n_max, *v.shape[1:]) for k, v in to_device(batch, self.device).items()}
-            logits = self.forward(self.params, self.buffers, batch["audio"], batch["audio_mask"], batch["text"],
-                                  batch["text_mask"]).float()
+            with autocast(self.device, self.tc.precision):
+                logits = self.forward(self.params, self.buffers, batch["audio"], batch["audio_mask"], batch["text"],
+                                      batch["text_mask"]).float()
         c = logits.shape[-1]
         y = torch.stack(y).to(self.device).reshape(-1)
         w = torch.tensor(weight, device=self.device).reshape(-1)

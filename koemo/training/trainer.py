@@ -105,8 +105,6 @@ def stack_refusal(recipe: Recipe, fold: Fold, world: int = 1) -> str | None:
         return "data-parallel processes"
     if recipe.encoders.finetune:
         return "end-to-end encoders"
-    if tc.precision != "fp32":
-        return f"train.precision={tc.precision}"
     return None
 
 

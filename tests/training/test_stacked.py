@@ -141,14 +141,34 @@ def test_what_trains_alone_and_why():
     with_valid = Fold("v", fold.train[4:], fold.train[:4], fold.test)
     assert stack_refusal(recipe, with_valid) is None and plan_fold(recipe, with_valid, data).stacked
     assert "data-parallel" in stack_refusal(recipe, fold, world=2)
-    recipe.train.precision = "bf16"
-    assert "precision" in stack_refusal(recipe, fold)
     # a fold trained alone keeps the fingerprint it had before stacking existed; a stacked one is new
-    recipe.train.precision = "fp32"
     on = plan_fold(recipe, with_valid, data).fingerprint
     recipe.train.stack_folds = False
     assert "stack_folds" in stack_refusal(recipe, fold)
     assert plan_fold(recipe, with_valid, data).fingerprint != on
+
+
+def test_bf16_trains_stacked_under_autocast():
+    """train.precision=bf16: the stacked forward runs under bfloat16 autocast (its predictions
+    differ from fp32's) and learns as a bf16 fold alone does."""
+    data = _data(copies=False)
+    folds = _folds(data.labels)
+    probs, weights = {}, {}
+    for precision, stack in (("fp32", True), ("bf16", True), ("bf16", False)):
+        r = _recipe(fusion="fusion-transformer", text="gold", epochs=4, precision=precision)
+        r.train.lr, r.train.text_dropout, r.train.audio_dropout, r.train.stack_folds = 1e-2, 0.0, 0.0, stack
+        out = run_folds(r, folds, data, out_for=lambda f: None, progress=False)
+        assert all(o.result.test["gold"]["weighted_f1"] > 0.5 for o in out)
+        probs[precision, stack] = np.array([p.probs for o in out for p in o.result.predictions["gold"]])
+        weights[precision, stack] = torch.cat([v.flatten() for o in out for v in _weights(o.result.model).values()])
+    # trained under autocast: other weights than fp32's (the test predictions run under it either way)
+    assert (weights["bf16", True] - weights["fp32", True]).abs().max() > 1e-3
+    np.testing.assert_allclose(probs["bf16", True], probs["bf16", False], atol=0.05)
+    # the linear head's CR step (speech once for both text paths) as well
+    for precision in ("fp32", "bf16"):
+        out = run_folds(_recipe(precision=precision), folds, data, out_for=lambda f: None, progress=False)
+        weights[precision] = torch.cat([v.flatten() for o in out for v in _weights(o.result.model).values()])
+    assert (weights["bf16"] - weights["fp32"]).abs().max() > 1e-4  # 0 without autocast
 
 
 def _valid_folds(labels: dict) -> list[Fold]:
