@@ -46,6 +46,17 @@ def reads_text_means(model) -> bool:
     return bool(getattr(getattr(model, "fusion", model), "text_mean_only", False))
 
 
+def speech_mean_window(model) -> int:
+    """For a head that reads only the mean of its pooled speech windows
+    (:attr:`FusionModel.speech_mean_only`): the frames a window averages (``audio_pool``), so that
+    batches may carry each clip's mean of its windows instead of its frames (the model's
+    standardisation and layer mix are linear, so it gives the same logits). 0: it reads the
+    frames (every other head, and an end-to-end module, whose speech input is the encoder's)."""
+    if not getattr(model, "speech_mean_only", False):
+        return 0
+    return max(1, int(getattr(model, "audio_pool", 1)))
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over time of ``x [B, T, D]`` counting only ``mask [B, T]`` positions."""
     if x.shape[1] == 1:  # one vector a clip (pooled statistics, a mean text vector): the same values, two passes fewer
@@ -153,6 +164,9 @@ class FusionModel(nn.Module):
     modalities: tuple[str, ...] = ("audio", "text")
     #: speech frames averaged per step before the model sees them (``model.audio_pool``)
     audio_pool: int = 1
+    #: the head reads the speech only through the mean of its pooled frames (shallow, linear):
+    #: batches may carry that mean (:func:`speech_mean_window`)
+    speech_mean_only: bool = False
     #: what the head reads of the speech frames (:mod:`koemo.fusion.inputs`): frames or stats
     speech_view: str = "frames"
     #: a pooled head: ``model.pooling: stats`` makes it read clip statistics

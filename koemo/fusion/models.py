@@ -76,6 +76,7 @@ class ShallowFusion(FusionModel):
 
     pooled = True
     text_mean_only = True
+    speech_mean_only = True
 
     def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
         super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)
@@ -103,6 +104,7 @@ class LinearProbe(FusionModel):
 
     speech_view = "stats"
     text_mean_only = True
+    speech_mean_only = True
 
     def __init__(self, audio_dim, text_dim, n_labels, hidden=768, heads=8, layers=1, dropout=0.1):
         super().__init__(audio_dim, text_dim, n_labels, hidden, heads, layers, dropout)

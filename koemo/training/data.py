@@ -63,7 +63,7 @@ class FeatureData:
         self.label_index = {label: i for i, label in enumerate(self.label_list)}
         self._checked: set[tuple[str, str]] = set()
         self._digests: dict[tuple[str, str], bytes] = {}  # (table, utt) -> sha256 of its array
-        self._resident: dict[tuple[int, bool], tuple[Mapping, Resident | None]] = {}  # (id(table), means) -> padded copy
+        self._resident: dict[tuple[int, int], tuple[Mapping, Resident | None]] = {}  # (id(table), means) -> padded copy
 
     # ------------------------------------------------------------------ checks
     def check(self, ids: Sequence[str], sources: Iterable[str], split: str) -> None:
@@ -111,29 +111,34 @@ class FeatureData:
         return torch.tensor([self.label_index[self.labels[u]] for u in ids], dtype=torch.long)
 
     def batch(self, pairs: Sequence[tuple[str, str]], copies: Sequence[int] | None = None,
-              text_means: bool = False) -> dict[str, torch.Tensor]:
+              text_means: bool = False, speech_means: int = 0) -> dict[str, torch.Tensor]:
         """Pad ``[(utt_id, text source), ...]`` into audio/text tensors and boolean masks;
         ``copies[i]`` > 0 reads pair i's speech from augmented copy ``copies[i]``;
         ``text_means``: each text as the mean of its vectors (``[B, 1, D]``, a zero vector for
-        none), for a head that reads nothing else (``FusionModel.text_mean_only``)."""
-        audio, audio_mask = self.speech_batch([u for u, _ in pairs], copies)
+        none), for a head that reads nothing else (``FusionModel.text_mean_only``);
+        ``speech_means`` > 0: each clip's speech as the mean of its windows of that many frames
+        (``FusionModel.speech_mean_only``, :func:`koemo.fusion.base.speech_mean_window`)."""
+        audio, audio_mask = self.speech_batch([u for u, _ in pairs], copies, speech_means)
         return {"audio": audio, "audio_mask": audio_mask, **self.text_batch(pairs, text_means)}
 
-    def speech_batch(self, ids: Sequence[str], copies: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`batch`'s speech half: ``ids``' speech padded, with its mask."""
+    def speech_batch(self, ids: Sequence[str], copies: Sequence[int] | None = None,
+                     means: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`batch`'s speech half: ``ids``' speech padded, with its mask (``means``: see
+        :meth:`batch`'s ``speech_means``)."""
         tables = [self.audio] + self.audio_variants
-        return self._pad([(tables[copies[i] if copies else 0], u) for i, u in enumerate(ids)])
+        return self._pad([(tables[copies[i] if copies else 0], u) for i, u in enumerate(ids)], means)
 
     def text_batch(self, pairs: Sequence[tuple[str, str]], text_means: bool = False) -> dict:
         """:meth:`batch`'s text half: ``{"text": ..., "text_mask": ...}`` (raw strings, mask
         ``None``, for a fine-tuned text encoder)."""
         if pairs and isinstance(self.text[pairs[0][1]][pairs[0][0]], str):
             return {"text": [self.text[s][u] for u, s in pairs], "text_mask": None}
-        text, text_mask = self._pad([(self.text[s], u) for u, s in pairs], means=text_means)
+        text, text_mask = self._pad([(self.text[s], u) for u, s in pairs], means=int(text_means))
         return {"text": text, "text_mask": text_mask}
 
-    def _pad(self, items: Sequence[tuple[Mapping, str]], means: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`pad` of ``table[uid]`` (``means``: of its mean vector) for each item, indexed
+    def _pad(self, items: Sequence[tuple[Mapping, str]], means: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`pad` of ``table[uid]`` (``means`` > 0: of its :func:`mean_vector` over windows of
+        that many frames) for each item, indexed
         from each table's resident padded copy when it has one (the same values: zero padding,
         cut to the batch's longest)."""
         rows: dict[int, list[int]] = {}  # id(table) -> positions of its items
@@ -141,7 +146,7 @@ class FeatureData:
             rows.setdefault(id(table), []).append(i)
         residents = {key: self._resident_of(items[pos[0]][0], means) for key, pos in rows.items()}
         if not items or any(r is None for r in residents.values()):
-            return pad([mean_vector(table[u]) if means else table[u] for table, u in items])
+            return pad([mean_vector(table[u], means) if means else table[u] for table, u in items])
         if len(rows) == 1:
             return next(iter(residents.values())).batch([u for _, u in items])
         # clean and augmented speech mixed in one batch: each table's rows from its own padded copy
@@ -156,7 +161,7 @@ class FeatureData:
             mask[pos, : m.shape[1]] = m
         return out, mask
 
-    def _resident_of(self, table: Mapping, means: bool = False) -> "Resident | None":
+    def _resident_of(self, table: Mapping, means: int = 0) -> "Resident | None":
         key = (id(table), means)
         entry = self._resident.get(key)
         if entry is None or entry[0] is not table or (entry[1] is not None and len(entry[1].row) != len(table)):
@@ -215,8 +220,8 @@ class Resident:
         self.row = {k: i for i, k in enumerate(keys)}
 
     @classmethod
-    def of(cls, table: Mapping, means: bool = False) -> "Resident | None":
-        """The padded copy of ``table`` (``means``: of each entry's mean vector)."""
+    def of(cls, table: Mapping, means: int = 0) -> "Resident | None":
+        """The padded copy of ``table`` (``means`` > 0: of each entry's :func:`mean_vector`)."""
         if isinstance(table, AbsentModality) or not isinstance(table, Mapping) or not len(table):
             return None
         keys = list(table)
@@ -224,7 +229,7 @@ class Resident:
         if not all(isinstance(a, np.ndarray) for a in arrays) or len({a.shape[1:] for a in arrays}) != 1:
             return None  # raw text, lazy or ragged entries: padded per batch
         if means:
-            arrays = [mean_vector(a) for a in arrays]
+            arrays = [mean_vector(a, means) for a in arrays]
         t_max = max(max(a.shape[0] for a in arrays), 1)
         if len(arrays) * t_max * int(np.prod(arrays[0].shape[1:], dtype=np.int64)) * 8 > cls.BUDGET:
             return None
@@ -236,11 +241,19 @@ class Resident:
         return self.tensor[idx, :t], self.mask[idx, :t]
 
 
-def mean_vector(a: np.ndarray) -> np.ndarray:
-    """``[T, D]`` -> its mean ``[1, D]`` (float32); no vectors -> one zero vector, what padding an
-    empty entry and fixing its mask gives (:func:`koemo.fusion.base.fix_empty`)."""
+def mean_vector(a: np.ndarray, window: int = 1) -> np.ndarray:
+    """``[T, ...]`` -> its mean ``[1, ...]`` (float32); no vectors -> one zero vector, what padding
+    an empty entry and fixing its mask gives (:func:`koemo.fusion.base.fix_empty`). ``window`` >
+    1: the mean of the means of consecutive windows of that many frames (the last one shorter),
+    what :func:`koemo.fusion.base.pool_frames` and a masked mean make of the frames."""
     a = np.asarray(a, dtype=np.float32)
-    return a.mean(axis=0, keepdims=True) if a.shape[0] else np.zeros((1,) + a.shape[1:], np.float32)
+    if not a.shape[0]:
+        return np.zeros((1,) + a.shape[1:], np.float32)
+    if window > 1 and a.shape[0] > window:
+        starts = np.arange(0, a.shape[0], window)
+        counts = np.minimum(window, a.shape[0] - starts).reshape((-1,) + (1,) * (a.ndim - 1))
+        return (np.add.reduceat(a, starts, axis=0) / counts).mean(axis=0, keepdims=True)
+    return a.mean(axis=0, keepdims=True)
 
 
 def pad(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,21 +107,23 @@ class _Paths(torch.nn.Module):
 
 
 def stack_sizes(data: FeatureData, plan: FoldPlan, batch_size: int, folds: int,
-                text_means: bool = False, shared_speech: bool = False) -> list[int]:
+                text_means: bool = False, shared_speech: bool = False, speech_means: bool = False) -> list[int]:
     """How many folds each stack takes: as few stacks as keep a step's input within
     :data:`STACK_BUDGET` bytes, of balanced sizes (``text_means``: one text vector a clip;
-    ``shared_speech``: a clip's speech batched once for all its text paths)."""
+    ``shared_speech``: a clip's speech batched once for all its text paths; ``speech_means``:
+    one speech vector a clip)."""
     text_dim = data.dims(plan.train_sources[0])[1]
 
-    def longest(table) -> int:
+    def longest(table, one_row: bool = False) -> int:
         if isinstance(table, AbsentModality) or not len(table):
             return 1
-        return max(int(np.asarray(a).shape[0]) * int(np.prod(np.asarray(a).shape[1:])) for a in table.values())
+        return max((1 if one_row else int(np.asarray(a).shape[0])) * int(np.prod(np.asarray(a).shape[1:]))
+                   for a in table.values())
 
     sources = plan.train_sources  # the rows of a step: gold, the STT text, or both (cr)
     text = text_dim if text_means else max(longest(data.text[s]) for s in sources)
     speech_rows = 1 if shared_speech else len(sources)
-    clip = 4 * (longest(data.audio) * speech_rows + text * len(sources))  # float32
+    clip = 4 * (longest(data.audio, speech_means) * speech_rows + text * len(sources))  # float32
     fit = max(1, STACK_BUDGET // max(1, clip * batch_size))
     stacks = -(-folds // fit)
     return [folds // stacks + (i < folds % stacks) for i in range(stacks)]
@@ -202,7 +204,7 @@ class _Stack:
             weight.append([1.0 / n] * n + [0.0] * (n_max - n) if n else [0.0] * n_max)
             y.append(data.y(fold_rows))
         if self.paths is not None:  # the clip's speech once, beside each path's text
-            audio, audio_mask = data.speech_batch(rows, copies if data.audio_variants else None)
+            audio, audio_mask = data.speech_batch(rows, copies if data.audio_variants else None, runs[0].speech_means)
             texts = [data.text_batch([(u, s) for u in rows], runs[0].text_means) for s in plan.train_sources]
             if any(text_drop) or any(audio_drop):
                 for k, t in enumerate(texts):
@@ -220,7 +222,8 @@ class _Stack:
 
             sources = [s for _ in range(folds) for s in plan.train_sources for _ in range(n_max)]
             pairs = list(zip(per_path(rows), sources))
-            batch = data.batch(pairs, per_path(copies) if data.audio_variants else None, runs[0].text_means)
+            batch = data.batch(pairs, per_path(copies) if data.audio_variants else None, runs[0].text_means,
+                               runs[0].speech_means)
             if any(text_drop) or any(audio_drop):
                 blank_modalities(batch, torch.tensor(per_path(text_drop)), torch.tensor(per_path(audio_drop)))
             batch = {k: v.reshape(folds, paths * n_max, *v.shape[1:]) for k, v in to_device(batch, self.device).items()}
@@ -265,9 +268,10 @@ def train_stacked(
     check_settings(recipe.train)
     results: list[TrainResult] = []
     start = 0
-    text_means = reads_text_means(FUSIONS.get(recipe.model.fusion))
-    shared = hasattr(FUSIONS.get(recipe.model.fusion), "forward_paths")
-    for size in stack_sizes(data, plans[0], recipe.train.batch_size, len(folds), text_means, shared):
+    head = FUSIONS.get(recipe.model.fusion)
+    text_means, shared = reads_text_means(head), hasattr(head, "forward_paths")
+    speech_means = bool(getattr(head, "speech_mean_only", False))
+    for size in stack_sizes(data, plans[0], recipe.train.batch_size, len(folds), text_means, shared, speech_means):
         group = range(start, start + size)
         start += size
         runs = []

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from koemo.errors import KoemoError
-from koemo.fusion.base import reads_text_means
+from koemo.fusion.base import reads_text_means, speech_mean_window
 from koemo.metrics import compute_metrics
 from koemo.training.data import FeatureData
 from koemo.training.distributed import to_device
@@ -64,9 +64,10 @@ def predict_proba(model: nn.Module, data: FeatureData, ids: Sequence[str], sourc
     was_training = model.training
     model.eval()
     out = []
-    means = reads_text_means(model)
+    means, speech = reads_text_means(model), speech_mean_window(model)
     for i in range(0, len(ids), batch_size):
-        b = to_device(data.batch([(u, source) for u in ids[i:i + batch_size]], text_means=means), device)
+        b = to_device(data.batch([(u, source) for u in ids[i:i + batch_size]], text_means=means,
+                                 speech_means=speech), device)
         with autocast(device, precision):
             logits = model(**b)
         out.append(torch.softmax(logits.float(), dim=-1).cpu())

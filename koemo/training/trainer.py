@@ -41,7 +41,7 @@ from koemo.config import AugmentConfig, Recipe, to_dict
 from koemo.data.labels import resolve_label_set
 from koemo.data.splits import Fold
 from koemo.errors import KoemoError
-from koemo.fusion.base import reads_text_means
+from koemo.fusion.base import reads_text_means, speech_mean_window
 from koemo.metrics import Prediction
 from koemo.sources import TrainingText
 from koemo.training import bundle as bundles
@@ -220,6 +220,8 @@ class _FoldRun:
         self.net: nn.Module = model
         #: the head reads the mean text vector only: batches carry it instead of every token's
         self.text_means = reads_text_means(model)
+        #: the head reads the mean of its pooled speech windows only: batches carry that mean
+        self.speech_means = speech_mean_window(model)
 
     # ---- 3. resume
     def resume(self) -> None:
@@ -266,7 +268,8 @@ class _FoldRun:
         drop, copy = self.draws(len(ids))
 
         def forward(pairs):  # under train.precision; the losses see fp32 logits
-            batch = data.batch(pairs, copy * (len(pairs) // len(ids)) if copy else None, self.text_means)
+            batch = data.batch(pairs, copy * (len(pairs) // len(ids)) if copy else None, self.text_means,
+                               self.speech_means)
             if drop is not None:
                 repeat = len(pairs) // len(ids)  # the cr mode's two paths drop the same modalities
                 blank_modalities(batch, drop[0].repeat(repeat), drop[1].repeat(repeat))

@@ -82,3 +82,38 @@ def test_text_means_give_a_mean_only_head_what_every_token_gives_it():
             a = model(stats["audio"], stats["audio_mask"], tokens["text"], tokens["text_mask"])
             b = model(stats["audio"], stats["audio_mask"], means["text"], means["text_mask"])
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_speech_means_give_a_mean_only_head_what_its_frames_give_it():
+    """Batches of each clip's mean of its pooled windows (``speech_means``) predict what its
+    frames predict for the heads that read only that mean: standardised, with a learned layer
+    mix, windows of 3 frames with a shorter last one, clips shorter than a window. Heads that
+    read the frames (and end-to-end modules) get frames."""
+    from koemo.config import ModelConfig
+    from koemo.fusion import build_from_config
+    from koemo.fusion.base import speech_mean_window
+    from koemo.training.data import mean_vector
+
+    rng = np.random.default_rng(3)
+    ids, data = _data(rng)  # speech [T, 3 layers, 4], T 1..8
+    x = np.arange(7 * 2, dtype=np.float32).reshape(7, 2) ** 2  # windows of 3: frames 0-2, 3-5, 6
+    np.testing.assert_allclose(mean_vector(x, 3)[0], (x[0:3].mean(0) + x[3:6].mean(0) + x[6]) / 3, rtol=1e-6)
+    assert not np.allclose(mean_vector(x, 3), mean_vector(x))  # not the frames' plain mean
+    pairs = [(u, "gold") for u in ids]
+    frames, means = data.batch(pairs), data.batch(pairs, speech_means=3)
+    assert means["audio"].shape == (len(ids), 1, 3, 4) and bool(means["audio_mask"].all())
+    torch.manual_seed(0)
+    for fusion, mix in (("shallow", "weighted"), ("shallow", "concat"), ("linear", "weighted")):
+        cfg = ModelConfig(fusion=fusion, hidden=8, standardise=True, pooling="mean", layer_mix=mix, audio_pool=3)
+        model = build_from_config(cfg, 4, 5, 3, 3)
+        assert speech_mean_window(model) == 3
+        model.fit_standardiser(list(data.audio.values()), list(data.text["gold"].values()))
+        if mix == "weighted":
+            model.layer_mix.weights.data = torch.tensor([0.5, -1.0, 2.0])
+        model.eval()
+        with torch.no_grad():
+            a = model(frames["audio"], frames["audio_mask"], frames["text"], frames["text_mask"])
+            b = model(means["audio"], means["audio_mask"], means["text"], means["text_mask"])
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for fusion in ("fusion-transformer", "mult", "audio-only"):
+        assert speech_mean_window(build_from_config(ModelConfig(fusion=fusion, hidden=8, heads=2, audio_pool=3), 4, 5, 3, 3)) == 0

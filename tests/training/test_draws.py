@@ -79,9 +79,9 @@ def test_a_step_feeds_mean_only_heads_mean_text_vectors(monkeypatch, fusion, mea
     seen = []
     original = FeatureData.batch
 
-    def spy(self, pairs, copies=None, text_means=False):
+    def spy(self, pairs, copies=None, text_means=False, speech_means=0):
         seen.append(bool(text_means))
-        return original(self, pairs, copies, text_means)
+        return original(self, pairs, copies, text_means, speech_means)
 
     monkeypatch.setattr(FeatureData, "batch", spy)
     data, fold = feature_data()

@@ -308,8 +308,8 @@ def test_cr_steps_of_the_linear_head_batch_each_clips_speech_once(monkeypatch):
     folds = _folds(data.labels)
     rows, calls = [], []
     real_batch, real_paths = FeatureData.speech_batch, LinearProbe.forward_paths
-    monkeypatch.setattr(FeatureData, "speech_batch", lambda self, ids, copies=None: rows.append(len(ids)) or
-                        real_batch(self, ids, copies))
+    monkeypatch.setattr(FeatureData, "speech_batch", lambda self, ids, copies=None, means=0: rows.append(len(ids)) or
+                        real_batch(self, ids, copies, means))
     monkeypatch.setattr(LinearProbe, "forward_paths", lambda self, *a: calls.append(1) or real_paths(self, *a))
     recipe = _recipe()
     run_folds(recipe, folds, data, out_for=lambda f: None, progress=False)
@@ -319,3 +319,20 @@ def test_cr_steps_of_the_linear_head_batch_each_clips_speech_once(monkeypatch):
     monkeypatch.setattr(stacked_mod, "STACK_BUDGET", clip * 8 * 4)  # 4 folds' steps of that
     assert stack_sizes(data, plan, 8, 4, shared_speech=True) == [4]
     assert stack_sizes(data, plan, 8, 4, shared_speech=False) == [2, 2]  # speech twice a clip: 2 x 73 > 98
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_a_shallow_head_trains_on_each_clips_mean_speech(monkeypatch, stack):
+    """The shallow head reads its speech only through the mean of its pooled frames: training
+    steps (stacked or alone) and its validation and test passes batch that mean, one vector a
+    clip, and it learns as from the frames (the same logits: tests/training/test_batches.py)."""
+    seen = []
+    real = FeatureData.speech_batch
+    monkeypatch.setattr(FeatureData, "speech_batch", lambda self, ids, copies=None, means=0:
+                        seen.append(means) or real(self, ids, copies, means))
+    data = _data(copies=False)
+    recipe = _recipe(fusion="shallow", text="gold", epochs=3)
+    recipe.model.pooling, recipe.model.audio_pool, recipe.train.stack_folds = "mean", 2, stack
+    out = run_folds(recipe, _valid_folds(data.labels), data, out_for=lambda f: None, progress=False)
+    assert seen and set(seen) == {2}
+    assert all(len(o.result.history) == 3 for o in out)
