@@ -97,3 +97,23 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def trained_folds(monkeypatch) -> list:
+    """Every fold this process trains, alone or stacked, as ``(fusion, training text, protocol,
+    seed, fold)`` when it finishes (a reused bundle is read, not trained, and adds nothing)."""
+    from koemo.training.trainer import _FoldRun
+
+    seen: list = []
+    finish = _FoldRun.finish
+
+    def counting(self, meta):
+        result = finish(self, meta)
+        assert result.history  # a trained fold reports its epochs
+        r = self.recipe
+        seen.append((r.model.fusion, r.train.text, r.split.protocol, r.split.seed, self.fold.name))
+        return result
+
+    monkeypatch.setattr(_FoldRun, "finish", counting)
+    return seen

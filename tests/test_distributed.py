@@ -112,12 +112,12 @@ def test_transcripts_and_features_on_ray_match_local_and_resume(ray_cluster, tin
         assert all(np.array_equal(ref[k], got[k]) for k in ref)
 
 
-def test_reproduce_on_ray_gives_the_report_numbers_of_a_local_run(ray_cluster, tiny_recipe, tmp_path, monkeypatch):  # noqa: F811
+def test_reproduce_on_ray_gives_the_report_numbers_of_a_local_run(ray_cluster, tiny_recipe, tmp_path, monkeypatch,  # noqa: F811
+                                                                   trained_folds):
     """``koemo reproduce --ray`` (the command, on the session's 2-CPU cluster) from an empty
     cache: the driver trains nothing itself, and results.json holds the local run's numbers."""
     from typer.testing import CliRunner
 
-    import koemo.training.trainer as trainer
     from koemo.cli import app
     from koemo.experiments.reproduce import reproduce
 
@@ -126,13 +126,12 @@ def test_reproduce_on_ray_gives_the_report_numbers_of_a_local_run(ray_cluster, t
     here = json.loads((tmp_path / "local" / "results.json").read_text(encoding="utf-8"))
 
     monkeypatch.setenv("KOEMO_CACHE", str(tmp_path / "ray-cache"))
-    in_driver = []
-    original = trainer.train_fold
-    monkeypatch.setattr(trainer, "train_fold", lambda *a, **kw: in_driver.append(1) or original(*a, **kw))
+    assert trained_folds  # the local run trained in this process (counted alone or stacked)
+    start = len(trained_folds)
     result = CliRunner().invoke(app, ["reproduce", "-r", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "ray"),
                                       "--no-gradcam", "--seeds", "1", "--ray"])
     assert result.exit_code == 0, result.output
-    assert not in_driver  # every fold was trained on a Ray worker; the driver only read the bundles
+    assert trained_folds[start:] == []  # every fold was trained on a Ray worker; the driver only read the bundles
     there = json.loads((tmp_path / "ray" / "results.json").read_text(encoding="utf-8"))
     assert list((tmp_path / "ray-cache").rglob("bundle.json"))
     for key in ("table3", "table4", "asr", "snr", "protocols", "detail"):

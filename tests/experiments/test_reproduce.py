@@ -92,7 +92,6 @@ if "char-hash" not in TEXT_ENCODERS:
                 out.append(a)
             return out, 0
 
-
 @pytest.fixture
 def tiny_recipe(tmp_path):
     """4 speakers x 12 sentences (3 per emotion): the sentence gives the emotion away, as in EmotionTTS."""
@@ -159,7 +158,7 @@ def test_plan_of_the_paper_recipe():
     assert "asr:whisper-base@babble-0db" in plan.jobs[gold_job]
 
 
-def test_reproduce_end_to_end_on_a_tiny_fixture(tiny_recipe, tmp_path):
+def test_reproduce_end_to_end_on_a_tiny_fixture(tiny_recipe, tmp_path, trained_folds):
     out = tmp_path / "results"
     doc = reproduce(tiny_recipe, out, progress=False, command="koemo reproduce -r tiny.yaml")
     # Table 3: three models, two seeds each, mean/std present
@@ -208,23 +207,10 @@ def test_reproduce_end_to_end_on_a_tiny_fixture(tiny_recipe, tmp_path):
     assert meta["encoders"]["speech"]["id"] == "band-energy|v1"
 
     # a re-run trains nothing: every fold bundle is complete and reused
-    import koemo.training.trainer as trainer
-
-    calls = []
-    original = trainer.train_fold
-
-    def counting(*a, **kw):
-        calls.append(1)
-        result = original(*a, **kw)
-        assert result.epochs_run == 0 or result.history  # reused bundles report their history
-        return result
-
-    trainer.train_fold = counting
-    try:
-        again = reproduce(tiny_recipe, out, progress=False)
-    finally:
-        trainer.train_fold = original
-    assert not calls  # every fold bundle is finished: read, not retrained ...
+    assert trained_folds  # the first run trained them (stacked or alone)
+    first = len(trained_folds)
+    again = reproduce(tiny_recipe, out, progress=False)
+    assert len(trained_folds) == first  # every fold bundle is finished: read, not retrained ...
     assert again["table3"] == doc["table3"]  # ... and gives the same numbers
 
     # a bigger grid trains only what it adds: the other folds' fingerprints ignore the eval section
@@ -232,22 +218,18 @@ def test_reproduce_end_to_end_on_a_tiny_fixture(tiny_recipe, tmp_path):
 
     bigger = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(
         tiny_recipe.eval, table3=tiny_recipe.eval.table3 + ["mult@band-energy+char-hash"]))
-    trainer.train_fold = counting
-    try:
-        grown = reproduce(bigger, out, progress=False, gradcam=False)
-    finally:
-        trainer.train_fold = original
-    assert len(calls) == 2 * 2 * 2  # mult, 2 seeds x 4 folds (2 x 2 speaker-sentence grid)
+    grown = reproduce(bigger, out, progress=False, gradcam=False)
+    added = trained_folds[first:]
+    assert len(added) == 2 * 2 * 2 and {f for f, *_ in added} == {"mult"}  # 2 seeds x 4 folds (2 x 2 grid)
     assert grown["table3"][:3] == doc["table3"]
 
 
-def test_a_packed_grid_trains_in_shards_elsewhere_and_matches(tiny_recipe, tmp_path, monkeypatch):
+def test_a_packed_grid_trains_in_shards_elsewhere_and_matches(tiny_recipe, tmp_path, monkeypatch, trained_folds):
     """--save-inputs here, then --inputs + --shard on a 'machine' with an empty cache and neither
     the recogniser nor the encoders: the shards split the grid, the last run only reads them."""
     import dataclasses
 
     import koemo.experiments.reproduce as rp
-    import koemo.training.trainer as trainer
 
     pack = tmp_path / "inputs.npz"
     here = reproduce(tiny_recipe, tmp_path / "here", progress=False, save_inputs_path=pack, gradcam=False)
@@ -260,22 +242,16 @@ def test_a_packed_grid_trains_in_shards_elsewhere_and_matches(tiny_recipe, tmp_p
 
     monkeypatch.setattr(rp, "prepare_inputs", no_prepare)
     monkeypatch.setattr(ASR_BACKENDS, "get", no_prepare, raising=False)
-    trained = []
-    original = trainer.train_fold
-
-    def counting(recipe, fold, *a, **kw):
-        trained.append((recipe.model.fusion, recipe.train.text, recipe.split.protocol, recipe.split.seed, fold.name))
-        return original(recipe, fold, *a, **kw)
-
-    monkeypatch.setattr(trainer, "train_fold", counting)
+    here_folds = list(trained_folds)  # (fusion, text, protocol, seed, fold), alone or stacked
     for i in range(3):
         shard = reproduce(elsewhere, tmp_path / "unused", progress=False, inputs_path=pack, shard=f"{i}/3")
         assert shard["shard"] == f"{i}/3"
     assert not (tmp_path / "unused" / "REPORT.md").exists()  # shards write no report
-    assert len(trained) == len(set(trained))  # no fold trained by two shards
-    n = len(trained)
+    shards = trained_folds[len(here_folds):]
+    assert sorted(shards) == sorted(here_folds) and len(set(shards)) == len(shards)  # each fold by one shard
+    n = len(trained_folds)
     final = reproduce(elsewhere, tmp_path / "there", progress=False, inputs_path=pack, gradcam=False)
-    assert len(trained) == n  # the report run trained nothing ...
+    assert len(trained_folds) == n  # the report run trained nothing ...
     assert final["meta"]["training_s"] > 0  # ... yet states what training the shards' folds took
     assert "Training (all folds, summed over processes):" in (tmp_path / "there" / "REPORT.md").read_text()
     assert final["table3"] == here["table3"] and final["table4"] == here["table4"]
@@ -311,32 +287,25 @@ def test_a_packed_grid_trains_in_shards_elsewhere_and_matches(tiny_recipe, tmp_p
         reproduce(elsewhere, tmp_path / "x", progress=False, inputs_path=tmp_path / "bad.npz")
 
 
-def test_only_trains_the_matching_jobs_into_the_grids_runs_dir(tiny_recipe, tmp_path, monkeypatch):
+def test_only_trains_the_matching_jobs_into_the_grids_runs_dir(tiny_recipe, tmp_path, trained_folds):
     """--only REGEX trains just those jobs (no report); eval.runs_dir keeps another grid's folds
     apart from the default grid's; the report run then trains only what is left."""
     import dataclasses
 
-    import koemo.training.trainer as trainer
     from koemo.training.run import runs_root
 
     runs = tmp_path / "h128-runs"
     recipe = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(tiny_recipe.eval, runs_dir=str(runs),
                                                                        table4_fusions=["shallow", "mult"]))
-    trained = []
-    original = trainer.train_fold
-
-    def counting(r, fold, *a, **kw):
-        trained.append(r.train.text)
-        return original(r, fold, *a, **kw)
-
-    monkeypatch.setattr(trainer, "train_fold", counting)
     doc = reproduce(recipe, tmp_path / "out", progress=False, gradcam=False, only=r"\.cr_")
     assert doc["only"] == r"\.cr_" and not (tmp_path / "out" / "REPORT.md").exists()
+    trained = [text for _, text, *_ in trained_folds]
     assert trained and all(t.startswith("cr:") for t in trained)
     assert runs_root(recipe) == runs and all(".cr_" in p.name for p in runs.iterdir())
     assert not runs_root(tiny_recipe).exists()  # the default grid's folds are elsewhere, untouched
     n = len(trained)
     full = reproduce(recipe, tmp_path / "out", progress=False)
+    trained = [text for _, text, *_ in trained_folds]
     assert trained[n:] and not any(t.startswith("cr:") for t in trained[n:])  # the CR folds were reused
     assert [r["model"] for r in full["table4"]] == ["shallow", "mult"] and (tmp_path / "out" / "REPORT.md").is_file()
     # every Table 4 fusion gets its confusion matrices and Grad-CAM shares; the first keeps the plain names
