@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from koemo.asr.whisper import GUARDS, WhisperBackend, _model_fingerprint
+from koemo.encoders.base import torch_threads_kept
 from koemo.data.audio import SAMPLE_RATE, SILENCE_PEAK
 
 HOP = 160  # mel hop: 100 mel frames per second
@@ -242,9 +243,10 @@ class SharedWhisper:
         self.model_dir = Path(model_dir or speech_encoder.model_dir)
         self.vad = vad
         self.compute_type = compute_type or self.compute_type
-        self.model = ctranslate2.models.Whisper(
-            str(self.model_dir), device="cpu", compute_type=self.compute_type, inter_threads=1,
-            intra_threads=cpu_threads or WhisperBackend.cpu_threads)
+        with torch_threads_kept():  # CTranslate2 sets the process's OpenMP thread count
+            self.model = ctranslate2.models.Whisper(
+                str(self.model_dir), device="cpu", compute_type=self.compute_type, inter_threads=1,
+                intra_threads=cpu_threads or WhisperBackend.cpu_threads)
         hf = tokenizers.Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         tokenizer = Tokenizer(hf, self.model.is_multilingual, task="transcribe", language=WhisperBackend.language)
         if options is None:

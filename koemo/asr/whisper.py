@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from koemo.asr.base import ASR_BACKENDS, WHISPER_PREFIX, ASRBackend
+from koemo.encoders.base import torch_threads_kept
 from koemo.errors import KoemoError
 from koemo.paths import sha256_file
 
@@ -93,9 +94,10 @@ class WhisperBackend(ASRBackend):
         if cpu_threads is not None:
             self.cpu_threads = cpu_threads
         self.fingerprint = _model_fingerprint(self.model_dir)
-        self.model = WhisperModel(
-            str(self.model_dir), device="cpu", compute_type=self.compute_type, cpu_threads=self.cpu_threads
-        )
+        with torch_threads_kept():  # CTranslate2 sets the process's OpenMP thread count
+            self.model = WhisperModel(
+                str(self.model_dir), device="cpu", compute_type=self.compute_type, cpu_threads=self.cpu_threads
+            )
 
     def decode_options(self) -> dict[str, Any]:
         return {"language": self.language, "beam_size": self.beam_size, **(GUARDS if self.guards else NO_GUARDS)}

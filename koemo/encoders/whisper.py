@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from koemo.encoders.base import ALL_LAYERS, SPEECH_ENCODERS, SpeechEncoder, installed_checksum, num_threads, short
+from koemo.encoders.base import (ALL_LAYERS, SPEECH_ENCODERS, SpeechEncoder, installed_checksum, num_threads, short,
+                                 torch_threads_kept)
 from koemo.encoders.whisper_graph import encoder_outputs, merged_outputs
 from koemo.errors import KoemoError
 
@@ -291,9 +292,10 @@ class WhisperBaseEncoder(SpeechEncoder):
         if self._ct2 is None:
             import ctranslate2
 
-            self._ct2 = ctranslate2.models.Whisper(
-                str(self.model_dir), device="cpu", compute_type="float32",
-                inter_threads=1, intra_threads=num_threads())
+            with torch_threads_kept():
+                self._ct2 = ctranslate2.models.Whisper(
+                    str(self.model_dir), device="cpu", compute_type="float32",
+                    inter_threads=1, intra_threads=num_threads())
         return self._ct2
 
     def _torch_encoder(self):

@@ -54,13 +54,10 @@ _model = None
 def _silero():
     """``import silero_vad``, which calls ``torch.set_num_threads(1)`` as a side effect; the
     caller's thread count is restored so the encoders in the same process keep their parallelism."""
-    import torch
+    from koemo.encoders.base import torch_threads_kept
 
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads_kept():
         import silero_vad
-    finally:
-        torch.set_num_threads(threads)
     return silero_vad
 
 

@@ -131,3 +131,26 @@ def test_cache_key_changes_with_the_guards(whisper, require_model):
     assert raw.params()["vad_filter"] is False and whisper.params()["vad_filter"] is True
     assert raw.cache_key != whisper.cache_key
     assert whisper.params()["model_sha256"] == "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
+
+
+def test_loading_a_ctranslate2_whisper_keeps_torchs_thread_count(require_model, monkeypatch):
+    """CTranslate2 sets the process's OpenMP thread count when it loads a model, and torch reads
+    that count: a ``--shard`` process started with ``OMP_NUM_THREADS=1`` trained on two spinning
+    threads after loading Whisper (two such processes on 2 cores: 3-4x slower each). The
+    recogniser, the shared pass and the ct2 speech encoder each put torch's count back."""
+    require_model("whisper-base")
+    import torch
+
+    from koemo.encoders.one_pass import SharedPassBackend
+    from koemo.encoders.whisper import WhisperBaseEncoder
+
+    monkeypatch.setenv("KOEMO_THREADS", "2")  # the ct2 encoder's own count, not torch's
+    before = torch.get_num_threads()
+    try:
+        for load in (lambda: make_backend("whisper-base"), SharedPassBackend,
+                     lambda: WhisperBaseEncoder(backend="ct2")._ct2_model()):
+            torch.set_num_threads(1)
+            load()
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
