@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from koemo.asr.whisper import GUARDS, WhisperBackend, _model_fingerprint
-from koemo.encoders.base import torch_threads_kept
 from koemo.data.audio import SAMPLE_RATE, SILENCE_PEAK
+from koemo.threads import torch_threads_kept
 
 HOP = 160  # mel hop: 100 mel frames per second
 N_FRAMES = 3000  # mel frames in a 30 s window

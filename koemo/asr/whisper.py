@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from koemo.asr.base import ASR_BACKENDS, WHISPER_PREFIX, ASRBackend
-from koemo.encoders.base import torch_threads_kept
 from koemo.errors import KoemoError
 from koemo.paths import sha256_file
+from koemo.threads import torch_threads_kept
 
 # faster-whisper's own defaults for the thresholds, which it applies only when asked to.
 GUARDS = {

@@ -18,7 +18,6 @@ layer, dtype, weights checksum); the feature store keys its cache by it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -232,22 +231,6 @@ def num_threads() -> int:
         return torch.get_num_threads()
     except ImportError:  # pragma: no cover
         return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def torch_threads_kept():
-    """Put torch's intra-op thread count back after a library that sets OpenMP's. torch reads
-    the process's OpenMP count, and CTranslate2 sets it to its ``intra_threads`` when a model
-    loads (silero-vad sets it to 1 when imported): without this, a ``--shard`` process started
-    with ``OMP_NUM_THREADS=1`` trained with two spinning threads after loading Whisper, and two
-    such processes on 2 cores ran 3-4x slower each (docs/training.md)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def short(digest: str) -> str:

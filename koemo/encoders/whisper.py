@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from koemo.encoders.base import (ALL_LAYERS, SPEECH_ENCODERS, SpeechEncoder, installed_checksum, num_threads, short,
-                                 torch_threads_kept)
+from koemo.encoders.base import ALL_LAYERS, SPEECH_ENCODERS, SpeechEncoder, installed_checksum, num_threads, short
 from koemo.encoders.whisper_graph import encoder_outputs, merged_outputs
 from koemo.errors import KoemoError
+from koemo.threads import torch_threads_kept
 
 WINDOW_SAMPLES = 30 * 16_000  # 30 s
 MEL_FRAMES = 3000

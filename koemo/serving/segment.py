@@ -54,7 +54,7 @@ _model = None
 def _silero():
     """``import silero_vad``, which calls ``torch.set_num_threads(1)`` as a side effect; the
     caller's thread count is restored so the encoders in the same process keep their parallelism."""
-    from koemo.encoders.base import torch_threads_kept
+    from koemo.threads import torch_threads_kept
 
     with torch_threads_kept():
         import silero_vad

@@ -136,7 +136,7 @@ def test_cache_key_changes_with_the_guards(whisper, require_model):
 def test_loading_a_ctranslate2_whisper_keeps_torchs_thread_count(require_model, monkeypatch):
     """CTranslate2 sets the process's OpenMP thread count when it loads a model, and torch reads
     that count: a ``--shard`` process started with ``OMP_NUM_THREADS=1`` trained on two spinning
-    threads after loading Whisper (two such processes on 2 cores: 3-4x slower each). The
+    threads after loading Whisper (two such processes on 2 cores: 7x slower each). The
     recogniser, the shared pass and the ct2 speech encoder each put torch's count back."""
     require_model("whisper-base")
     import torch
